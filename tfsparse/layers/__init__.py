@@ -1,0 +1,7 @@
+"""Keras layer wrappers that parametrize a layer's weights."""
+
+from tfsparse.layers.masked import Masked
+from tfsparse.layers.prunable import SUPPORTED_LAYERS, is_prunable, prunable_weight_names
+from tfsparse.layers.wrapper import ParametrizedWrapper
+
+__all__ = ["Masked", "ParametrizedWrapper", "SUPPORTED_LAYERS", "is_prunable", "prunable_weight_names"]

@@ -1,0 +1,91 @@
+"""The base wrapper: a layer whose weights are a function of stored state."""
+
+import keras
+
+from tfsparse.layers.prunable import prunable_weight_names
+
+
+class ParametrizedWrapper(keras.layers.Wrapper):
+    """Base class of every tfsparse wrapper.
+
+    The wrapper builds the wrapped layer, lets a subclass add state for each
+    prunable weight (a mask, scores, a gate, ...) and calls the wrapped layer
+    with *effective* weights through `layer.stateless_call`. The wrapped
+    layer's own variables are never overwritten, so optimizers, checkpoints
+    and `get_config` all see plain state.
+
+    Subclasses implement:
+
+    - `build_parametrization(weights)`: create their variables, given the
+      list of prunable weight variables of the wrapped layer.
+    - `effective_weight(index, weight, training)`: return the tensor to use
+      in place of the prunable weight number `index`.
+    - optionally `update_state(training)`: in-graph state updates that must
+      run once per call before the effective weights are computed (a step
+      counter, a scheduled mask update).
+
+    Args:
+        layer: the Keras layer to wrap. Must be one of the supported types
+            (see `tfsparse.layers.SUPPORTED_LAYERS`).
+        **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
+    """
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"Argument `layer` must be a keras.layers.Layer instance, "
+                f"received: {layer!r} (of type {type(layer).__name__})."
+            )
+        if isinstance(layer, ParametrizedWrapper):
+            raise ValueError(
+                f"Argument `layer` is already wrapped by tfsparse "
+                f"({type(layer).__name__} around {layer.layer.name!r}); "
+                f"wrap the inner layer instead."
+            )
+        self.weight_names = prunable_weight_names(layer)
+        kwargs.setdefault("name", f"{self.__class__.__name__.lower()}_{layer.name}")
+        super().__init__(layer, **kwargs)
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        by_name = {w.name: w for w in self.layer.weights}
+        self.prunable_weights = [by_name[name] for name in self.weight_names]
+        self.build_parametrization(self.prunable_weights)
+        self.built = True
+
+    def build_parametrization(self, weights):
+        """Creates the wrapper's state for the given prunable weights."""
+
+    def update_state(self, training):
+        """In-graph state updates run at the start of every call."""
+
+    def effective_weight(self, index, weight, training):
+        """Returns the tensor used in place of prunable weight `index`."""
+        return weight
+
+    def effective_weights(self, training=False):
+        """Returns `{weight name: effective tensor}` for every prunable weight."""
+        return {
+            name: self.effective_weight(i, w, training)
+            for i, (name, w) in enumerate(zip(self.weight_names, self.prunable_weights))
+        }
+
+    def _substitute(self, variables, training):
+        index = {id(w): i for i, w in enumerate(self.prunable_weights)}
+        return [
+            self.effective_weight(index[id(v)], v, training) if id(v) in index else v
+            for v in variables
+        ]
+
+    def call(self, inputs, training=None, **kwargs):
+        self.update_state(training)
+        trainable = self._substitute(self.layer.trainable_variables, training)
+        non_trainable = self._substitute(self.layer.non_trainable_variables, training)
+        outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)

@@ -1,0 +1,5 @@
+"""Saliency criteria and the masks they select."""
+
+from tfsparse.scoring.magnitude import block_mask, global_topk_masks, m_by_n_mask, topk_mask
+
+__all__ = ["block_mask", "global_topk_masks", "m_by_n_mask", "topk_mask"]

@@ -1,0 +1,89 @@
+"""Rebuilding a model layer by layer: copy, wrap or unwrap its layers."""
+
+import keras
+
+
+def copy_layer(layer, weights=None):
+    """Returns a new, built copy of `layer` holding `weights`.
+
+    Args:
+        layer: a built Keras layer (not a model).
+        weights: list of arrays in `layer.weights` order; defaults to the
+            layer's current weights.
+    """
+    new = layer.__class__.from_config(layer.get_config())
+    build_config = layer.get_build_config()
+    if build_config:
+        new.build_from_config(build_config)
+    new.set_weights(layer.get_weights() if weights is None else weights)
+    return new
+
+
+def is_graph_model(model):
+    """True for Sequential and functional models (which Keras can clone)."""
+    return isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None
+
+
+def transform_layers(model, fn):
+    """Returns `model` with every (non-model) layer replaced by `fn(layer)`.
+
+    Sequential and functional models, nested ones included, are cloned: the
+    result is a new model and `model` is left as it was. `fn` must return a
+    new layer (use `copy_layer` for layers to keep). Subclassed models cannot
+    be cloned by Keras: their layer attributes (and lists of layers) are
+    replaced in place and the same model object is returned.
+
+    Raises:
+        ValueError: if `model` is not built.
+    """
+    if not model.built:
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
+            f"`model.build(input_shape)` or call it on a batch of data."
+        )
+    if is_graph_model(model):
+        return keras.models.clone_model(model, clone_function=fn, recursive=True)
+    # Keras locks a built layer's set of sublayers and offers no public way to
+    # swap one; the tracker is unlocked for the swap only, as Keras itself
+    # does while building.
+    locked = model._tracker.locked
+    model._tracker.unlock()
+    try:
+        _replace_attributes(model, fn)
+    finally:
+        if locked:
+            model._tracker.lock()
+    return model
+
+
+def _replace_attributes(model, fn):
+    for name, value in list(vars(model).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, keras.Model):
+            setattr(model, name, transform_layers(value, fn))
+        elif isinstance(value, keras.layers.Layer):
+            _swap(model, name, value, fn(value))
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, keras.layers.Layer) for v in value):
+            new = [fn(v) if isinstance(v, keras.layers.Layer) and not isinstance(v, keras.Model)
+                   else v for v in value]
+            for old, replacement in zip(value, new):
+                _untrack(model, old, replacement)
+            setattr(model, name, type(value)(new) if isinstance(value, tuple) else new)
+
+
+def _swap(model, name, old, new):
+    _untrack(model, old, new)
+    setattr(model, name, new)
+
+
+def _untrack(model, old, new):
+    # Keras' attribute tracking appends the new layer but keeps the old one in
+    # `model._layers`; drop it so its variables are not listed twice. The new
+    # layer is built now: variables cannot be created inside a traced step.
+    if old is new:
+        return
+    if old in model._layers:
+        model._layers.remove(old)
+    if old.built and not new.built:
+        new.build_from_config(old.get_build_config())
