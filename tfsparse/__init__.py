@@ -1,6 +1,6 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
-from tfsparse import layers, schedules, scoring, surgery
+from tfsparse import layers, models, schedules, scoring, surgery
 from tfsparse.methods import prune_low_magnitude
 from tfsparse.surgery import strip
 
@@ -8,4 +8,4 @@ strip_pruning = strip
 
 __version__ = "0.1.0"
 
-__all__ = ["layers", "prune_low_magnitude", "schedules", "scoring", "strip", "strip_pruning", "surgery"]
+__all__ = ["layers", "models", "prune_low_magnitude", "schedules", "scoring", "strip", "strip_pruning", "surgery"]
