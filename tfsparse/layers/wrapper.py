@@ -23,6 +23,8 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     - optionally `update_state(training)`: in-graph state updates that must
       run once per call before the effective weights are computed (a step
       counter, a scheduled mask update).
+    - optionally `summary_fields()`: extra per-layer figures that
+      `tfsparse.summary` shows as columns (e.g. frozen weights).
 
     Args:
         layer: the Keras layer to wrap. Must be one of the supported types
@@ -62,6 +64,10 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     def effective_weight(self, index, weight, training):
         """Returns the tensor used in place of prunable weight `index`."""
         return weight
+
+    def summary_fields(self):
+        """Returns `{column name: number}` for `tfsparse.summary`; none by default."""
+        return {}
 
     def effective_weights(self, training=False):
         """Returns `{weight name: effective tensor}` for every prunable weight."""
