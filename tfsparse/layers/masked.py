@@ -182,6 +182,11 @@ class Masked(ParametrizedWrapper):
                 f"{self.name!r}, received {len(masks)}."
             )
         for variable, value in zip(self.masks, masks):
+            if tuple(keras.ops.shape(value)) != tuple(variable.shape):
+                raise ValueError(
+                    f"Argument `masks` for {variable.name!r} of layer {self.name!r} must have "
+                    f"shape {tuple(variable.shape)}, received shape {tuple(keras.ops.shape(value))}."
+                )
             variable.assign(keras.ops.cast(value, variable.dtype))
 
     def update_state(self, training):
@@ -189,28 +194,33 @@ class Masked(ParametrizedWrapper):
             return
         if self.scope == "layer" or self.group["index"] == 0:
             should_prune, sparsity = self.pruning_schedule(self.pruning_step.value)
-            tf.cond(should_prune, lambda: self._update_masks(sparsity), lambda: tf.constant(False))
+            pairs = self._pruned_pairs()
+            # The cond only computes; assignments stay outside control flow,
+            # where tf.distribute can synchronize them across replicas.
+            new_masks = tf.cond(
+                should_prune,
+                lambda: self._new_masks(pairs, sparsity),
+                lambda: [m.value for _, m in pairs],
+            )
+            for (_, m), new in zip(pairs, new_masks):
+                m.assign(new)
         self.pruning_step.assign_add(1)
 
-    def _update_masks(self, sparsity):
-        """Recomputes masks from `|w * mask|`, so pruned weights stay pruned."""
+    def _pruned_pairs(self):
+        """(weight, mask) pairs this layer updates: its own, or its group's."""
+        layers = self._linked_group() if self.scope == "global" else [self]
+        return [pair for layer in layers for pair in zip(layer.prunable_weights, layer.masks)]
+
+    def _new_masks(self, pairs, sparsity):
+        """Masks from `|w * mask|`, so that pruned weights stay pruned."""
+        scores = [tf.abs(w.value * m.value) for w, m in pairs]
         if self.scope == "global":
-            members = self._linked_group()
-            pairs = [(w, m) for layer in members for w, m in zip(layer.prunable_weights, layer.masks)]
-            scores = [tf.abs(w.value * m.value) for w, m in pairs]
-            for (_, m), new in zip(pairs, magnitude.global_topk_masks(scores, sparsity)):
-                m.assign(new)
-            return tf.constant(True)
-        for w, m in zip(self.prunable_weights, self.masks):
-            scores = tf.abs(w.value * m.value)
-            if self.sparsity_m_by_n:
-                new = magnitude.m_by_n_mask(scores, self.sparsity_m_by_n)
-            elif self.block_size != (1, 1):
-                new = magnitude.block_mask(scores, sparsity, self.block_size, self.block_pooling_type)
-            else:
-                new = magnitude.topk_mask(scores, sparsity)
-            m.assign(new)
-        return tf.constant(True)
+            return magnitude.global_topk_masks(scores, sparsity)
+        if self.sparsity_m_by_n:
+            return [magnitude.m_by_n_mask(s, self.sparsity_m_by_n) for s in scores]
+        if self.block_size != (1, 1):
+            return [magnitude.block_mask(s, sparsity, self.block_size, self.block_pooling_type) for s in scores]
+        return [magnitude.topk_mask(s, sparsity) for s in scores]
 
     def _linked_group(self):
         members = self._group.members

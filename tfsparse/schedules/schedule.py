@@ -94,7 +94,8 @@ def get(schedule):
     name = type(schedule).__name__
     cls = keras.saving.get_registered_object(f"tfsparse>{name}")
     if cls is not None and callable(schedule) and hasattr(schedule, "get_config"):
-        return cls.from_config(schedule.get_config())
+        config = schedule.get_config()  # TFMOT nests it: {"class_name", "config"}
+        return cls.from_config(config.get("config", config))
     raise TypeError(
         f"Argument `pruning_schedule` must be a tfsparse or TFMOT pruning schedule "
         f"(ConstantSparsity, PolynomialDecay), received: {schedule!r}."

@@ -7,11 +7,14 @@ def copy_layer(layer, weights=None):
     """Returns a new, built copy of `layer` holding `weights`.
 
     Args:
-        layer: a built Keras layer (not a model).
+        layer: a built Keras layer (not a model), or a weightless Keras
+            operation of a functional graph (e.g. the slicing `x[:, :4]`).
         weights: list of arrays in `layer.weights` order; defaults to the
             layer's current weights.
     """
     new = layer.__class__.from_config(layer.get_config())
+    if not isinstance(layer, keras.layers.Layer):
+        return new
     build_config = layer.get_build_config()
     if build_config:
         new.build_from_config(build_config)
