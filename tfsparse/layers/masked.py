@@ -195,21 +195,30 @@ class Masked(ParametrizedWrapper):
         if self.scope == "layer" or self.group["index"] == 0:
             should_prune, sparsity = self.pruning_schedule(self.pruning_step.value)
             pairs = self._pruned_pairs()
-            # The cond only computes; assignments stay outside control flow,
-            # where tf.distribute can synchronize them across replicas.
-            new_masks = tf.cond(
-                should_prune,
-                lambda: self._new_masks(pairs, sparsity),
-                lambda: [m.value for _, m in pairs],
-            )
-            for (_, m), new in zip(pairs, new_masks):
-                m.assign(new)
+            if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+                # Per-replica call: assignments to mirrored variables are
+                # synchronized, which cannot happen inside control flow, so
+                # the cond only computes and every step assigns.
+                new_masks = tf.cond(
+                    should_prune,
+                    lambda: self._new_masks(pairs, sparsity),
+                    lambda: [m.value for _, m in pairs],
+                )
+                for (_, m), new in zip(pairs, new_masks):
+                    m.assign(new)
+            else:
+                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, sparsity), lambda: tf.constant(False))
         self.pruning_step.assign_add(1)
 
     def _pruned_pairs(self):
         """(weight, mask) pairs this layer updates: its own, or its group's."""
         layers = self._linked_group() if self.scope == "global" else [self]
         return [pair for layer in layers for pair in zip(layer.prunable_weights, layer.masks)]
+
+    def _assign_new_masks(self, pairs, sparsity):
+        for (_, m), new in zip(pairs, self._new_masks(pairs, sparsity)):
+            m.assign(new)
+        return tf.constant(True)
 
     def _new_masks(self, pairs, sparsity):
         """Masks from `|w * mask|`, so that pruned weights stay pruned."""
