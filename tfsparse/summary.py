@@ -1,0 +1,313 @@
+"""`tfsparse.summary`: parameters, non-zeros, FLOPs and bytes, per layer.
+
+What is counted:
+
+- **Parameters** are a layer's own weights (for a tfsparse wrapper, the
+  wrapped layer's weights: kernel, bias, ...; never masks, scores, step
+  counters or other wrapper state). Normalization statistics count, as in
+  `keras.Model.count_params`.
+- **Non-zeros** are counted on the *effective* weights: for a wrapper,
+  `wrapper.effective_weights()` replaces each prunable weight (so a masked
+  entry counts as zero whatever the stored kernel holds). Every weight
+  counts, so a freshly initialized (all-zero) bias shows as sparsity.
+- **FLOPs** are 2 x multiply-adds for one example. A kernel layer does
+  `positions x kernel size` multiply-adds per kernel, where positions are
+  the output's spatial positions (Dense: all axes but batch and units;
+  Conv, DepthwiseConv, SeparableConv: the output's spatial axes; both kernels
+  of SeparableConv; ConvTranspose: the *input's* spatial positions, each of
+  which meets the whole kernel; EinsumDense: the input axes, batch excluded,
+  whose subscripts are not in the kernel). BatchNormalization does one
+  multiply-add per output element (inference form). Embedding lookups and
+  every other layer (activations, pooling, biases) count as zero. Axes of
+  unknown size (`None`) count as 1.
+- **Effective FLOPs** scale each kernel's multiply-adds by the fraction of
+  its effective entries that are non-zero, i.e. what a sparse kernel needs.
+- **Bytes** are the dense storage of the weights in their dtype; non-zero
+  bytes are the values of the non-zeros only (no index overhead).
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from tfsparse.layers.prunable import is_prunable, prunable_weight_names
+from tfsparse.layers.wrapper import ParametrizedWrapper
+
+COLUMNS = {
+    "layer": "Layer",
+    "type": "Type",
+    "parameters": "Params",
+    "nonzeros": "Non-zeros",
+    "sparsity": "Sparsity",
+    "flops": "FLOPs",
+    "effective_flops": "Eff. FLOPs",
+    "bytes": "Bytes",
+    "nonzero_bytes": "Non-zero bytes",
+}
+_SUMMED = ("parameters", "nonzeros", "flops", "effective_flops", "bytes", "nonzero_bytes")
+_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+
+
+class Summary:
+    """The figures of `tfsparse.summary`: one row per layer with weights.
+
+    Attributes:
+        rows: list of dicts, one per layer, keyed by `columns`.
+        total: dict with the same keys: sums over the rows, the sparsity of
+            the whole model, and sums of numeric extra columns (`None` for
+            the others).
+        columns: `{key: header}` in table order: the base columns, then the
+            extra columns contributed by wrappers' `summary_fields()`.
+
+    `str(summary)` is the table.
+    """
+
+    def __init__(self, rows, total, columns):
+        self.rows = rows
+        self.total = total
+        self.columns = columns
+
+    def __str__(self):
+        cells = [list(self.columns.values())]
+        cells += [[_format(key, row[key]) for key in self.columns] for row in self.rows + [self.total]]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(self.columns))]
+
+        def line(values):
+            # Layer and type left-aligned, figures right-aligned.
+            return "  ".join(
+                value.ljust(width) if i < 2 else value.rjust(width)
+                for i, (value, width) in enumerate(zip(values, widths))
+            ).rstrip()
+
+        rule = "-" * len(line(["-" * w for w in widths]))
+        body = [line(values) for values in cells[1:-1]]
+        return "\n".join([line(cells[0]), rule, *body, rule, line(cells[-1])])
+
+    def __repr__(self):
+        return f"<Summary of {len(self.rows)} layers: {self.total['parameters']:,} parameters>"
+
+
+def summary(model, print_fn=print):
+    """Counts parameters, non-zeros, FLOPs and bytes of a model, per layer.
+
+    Nested models (and layers holding sublayers) are walked; tfsparse
+    wrappers are reported as one row each, as `Wrapper(Layer)`, with the
+    figures of their effective weights. Extra per-layer figures that wrappers
+    return from `summary_fields()` become extra columns (blank for other
+    layers), summed in the total when numeric. See the module docstring for
+    exactly what is counted.
+
+    Args:
+        model: a built Keras model (or a single built layer).
+        print_fn: called with the table as one string; `None` prints nothing.
+
+    Returns:
+        A `Summary` with `.rows` (list of dicts), `.total` (dict) and the
+        table as `str()`.
+
+    Raises:
+        TypeError: if `model` is not a Keras layer or `print_fn` is not
+            callable.
+        ValueError: if `model` is not built, or a wrapper returns a summary
+            field named like a base column.
+
+    Example:
+
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, 0))
+    >>> pruned.fit(x, y, epochs=1)
+    >>> info = tfsparse.summary(pruned)
+    >>> info.total["sparsity"], info.total["effective_flops"] / info.total["flops"]
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            f"Argument `model` must be a keras.Model or keras.layers.Layer, "
+            f"received: {model!r} (of type {type(model).__name__})."
+        )
+    if print_fn is not None and not callable(print_fn):
+        raise TypeError(f"Argument `print_fn` must be callable or None, received: {print_fn!r}.")
+    if not model.built:
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
+            f"`model.build(input_shape)` or call it on a batch of data."
+        )
+    rows, extras = [], {}
+    for path, layer in named_layers(model):
+        row = _row(path, layer)
+        if row is None:
+            continue
+        fields = layer.summary_fields() if isinstance(layer, ParametrizedWrapper) else {}
+        for key, value in fields.items():
+            if key in COLUMNS:
+                raise ValueError(
+                    f"Layer {layer.name!r} returns the summary field {key!r}, which is a "
+                    f"base column ({', '.join(COLUMNS)}); give it another name."
+                )
+            extras.setdefault(key, key)
+            row[key] = _plain(value)
+        rows.append(row)
+    columns = {**COLUMNS, **extras}
+    for row in rows:
+        for key in extras:
+            row.setdefault(key, None)
+    result = Summary(rows, _total(rows, extras), columns)
+    if print_fn is not None:
+        print_fn(str(result))
+    return result
+
+
+def named_layers(layer):
+    """Yields `(path, layer)` for `layer` and every layer inside it.
+
+    Models and layers holding sublayers are walked depth-first; tfsparse
+    wrappers are not entered (their wrapped layer is part of them). Paths
+    are `/`-joined layer names below the top model (a layer shared by
+    several parents is yielded once).
+
+    Args:
+        layer: a Keras model or layer.
+
+    Yields:
+        `(path, layer)` pairs, the given layer first (under its own name).
+    """
+    seen = {id(layer)}
+
+    def children(parent, prefix):
+        if isinstance(parent, ParametrizedWrapper):
+            return
+        # Keras lists a plain layer's sublayers only through this method
+        # (`Model.layers` covers models alone).
+        for sub in parent._flatten_layers(include_self=False, recursive=False):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            path = prefix + sub.name
+            yield path, sub
+            yield from children(sub, path + "/")
+
+    yield layer.name, layer
+    yield from children(layer, "" if isinstance(layer, keras.Model) else layer.name + "/")
+
+
+def _row(path, layer):
+    """Figures of one layer, or None if it holds no weights of its own."""
+    if isinstance(layer, ParametrizedWrapper):
+        inner, weights = layer.layer, layer.layer.weights
+        effective = dict(zip(map(id, layer.prunable_weights), layer.effective_weights().values()))
+        kind = f"{type(layer).__name__}({type(inner).__name__})"
+    else:
+        inner, weights, effective, kind = layer, _own_weights(layer), {}, type(layer).__name__
+    if not weights:
+        return None
+    arrays = [_numpy(effective.get(id(w), w)) for w in weights]
+    parameters = sum(a.size for a in arrays)
+    nonzeros = sum(int(np.count_nonzero(a)) for a in arrays)
+    flops, effective_flops = _flops(inner, {w.name: a for w, a in zip(weights, arrays)})
+    return {
+        "layer": path,
+        "type": kind,
+        "parameters": parameters,
+        "nonzeros": nonzeros,
+        "sparsity": _sparsity(nonzeros, parameters),
+        "flops": flops,
+        "effective_flops": effective_flops,
+        "bytes": sum(a.nbytes for a in arrays),
+        "nonzero_bytes": sum(int(np.count_nonzero(a)) * a.itemsize for a in arrays),
+    }
+
+
+def _own_weights(layer):
+    """The weights a layer creates itself, not those of its sublayers."""
+    inner = {id(w) for _, sub in list(named_layers(layer))[1:] for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def _flops(layer, arrays):
+    """(dense, effective) FLOPs of one example through `layer`."""
+    if is_prunable(layer):
+        positions = _positions(layer)
+        kernels = [arrays[name] for name in prunable_weight_names(layer)]
+        dense = sum(positions * k.size for k in kernels)
+        return 2 * dense, 2 * sum(positions * int(np.count_nonzero(k)) for k in kernels)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        elements = _prod(layer.compute_output_shape(_input_shape(layer))[1:])
+        return 2 * elements, 2 * elements
+    return 0, 0
+
+
+def _positions(layer):
+    """How many times each kernel entry is used for one example."""
+    if isinstance(layer, keras.layers.Embedding):
+        return 0  # lookups, no arithmetic
+    input_shape = _input_shape(layer)
+    if isinstance(layer, keras.layers.EinsumDense):
+        inputs, kernel = layer.equation.split("->")[0].split(",")
+        head, _, tail = inputs.partition("...")
+        # Ellipsis axes get subscripts of their own, found in no kernel.
+        ellipsis = [f"...{i}" for i in range(len(input_shape) - len(head) - len(tail))] if "..." in inputs else []
+        subscripts = [*head, *ellipsis, *tail]
+        return _prod(dim for sub, dim in zip(subscripts[1:], input_shape[1:]) if sub not in kernel)
+    shape = input_shape if isinstance(layer, _TRANSPOSED) else layer.compute_output_shape(input_shape)
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    return _prod(shape[2:] if channels_first else shape[1:-1])
+
+
+def _input_shape(layer):
+    config = layer.get_build_config() or {}
+    if "input_shape" not in config:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no recorded input shape, so "
+            f"its FLOPs are unknown. Build the model by calling it on data or with "
+            f"`model.build(input_shape)`."
+        )
+    return tuple(config["input_shape"])
+
+
+def _numpy(value):
+    # A variable's own `numpy()`: `convert_to_numpy` on a variable makes
+    # NumPy 2 warn about the backend's `__array__`.
+    if isinstance(value, keras.Variable):
+        return value.numpy()
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _prod(dims):
+    return math.prod(1 if d is None else int(d) for d in dims)
+
+
+def _sparsity(nonzeros, parameters):
+    return 1.0 - nonzeros / parameters if parameters else 0.0
+
+
+def _plain(value):
+    """A Python number (or the value as it is) for a summary field."""
+    if hasattr(value, "shape"):
+        return _numpy(value).item()
+    return value
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _total(rows, extras):
+    total = {"layer": "Total", "type": ""}
+    total.update({key: sum(row[key] for row in rows) for key in _SUMMED})
+    total["sparsity"] = _sparsity(total["nonzeros"], total["parameters"])
+    for key in extras:
+        values = [row[key] for row in rows if _is_number(row[key])]
+        total[key] = sum(values) if values else None
+    return total
+
+
+def _format(key, value):
+    if value is None:
+        return ""
+    if key == "sparsity":
+        return f"{value:.2%}"
+    if isinstance(value, bool) or not _is_number(value):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    return f"{value:,.4g}"
