@@ -1,0 +1,28 @@
+"""The `tfsparse` command: `python -m tfsparse <job> [options]`."""
+
+import argparse
+import importlib
+import os
+
+# Each job lives in tfsparse/jobs/<name>.py.
+JOBS = ("demo",)
+
+
+def run(argv=None):
+    """Parses the command line, runs the chosen job and returns its result."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(prog="tfsparse", description="Sparsity and compression for Keras 3 models.")
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    modules = {}
+    for name in JOBS:
+        module = importlib.import_module(f"tfsparse.jobs.{name}")
+        module.add_arguments(jobs.add_parser(name, help=module.HELP, description=module.HELP))
+        modules[name] = module
+    args = parser.parse_args(argv)
+    return modules[args.job].run(args)
+
+
+def main(argv=None):
+    """The console script: runs a job, returns the exit status."""
+    run(argv)
+    return 0

@@ -1,0 +1,89 @@
+"""What the command-line jobs share: data, models, training, tables and plots."""
+
+import pathlib
+import sys
+
+import keras
+
+from tfsparse import data, models
+
+MODELS = {"lenet_300_100": models.lenet_300_100, "lenet5_caffe": models.lenet5_caffe}
+# Smallest image side each model accepts; smaller images are resized up.
+MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16}
+
+
+def add_common_arguments(parser, epochs, model="lenet_300_100"):
+    """Adds --data, --model, --epochs, --batch-size, --seed and --out."""
+    parser.add_argument("--data", default=data.DEFAULT,
+                        help=f"dataset: 'digits' (embedded, default), 'fashion_mnist', or a prepared tfds name")
+    parser.add_argument("--model", default=model, choices=sorted(MODELS), help="reference model to train")
+    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per phase")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tfsparse-out"),
+                        help="directory for the plot, the .tflite files and other outputs")
+
+
+def load_data(args):
+    """Returns `(train, test, input_shape, num_classes)` for the job's arguments."""
+    shape, classes = data.describe(args.data)
+    side = MIN_SIDE[args.model]
+    image_size = None if min(shape[:2]) >= side else (side, side)
+    if image_size:
+        print(f"Resizing {args.data} images from {shape[:2]} to {image_size} for {args.model}.")
+    train = data.load(args.data, "train", args.batch_size, image_size=image_size, seed=args.seed)
+    test = data.load(args.data, "test", args.batch_size, image_size=image_size)
+    shape, classes = data.describe(args.data, image_size=image_size)
+    return train, test, shape, classes
+
+
+def build_model(args, input_shape, num_classes):
+    """Builds the chosen reference model with weights drawn from `args.seed`."""
+    keras.utils.set_random_seed(args.seed)
+    return MODELS[args.model](input_shape, num_classes)
+
+
+def compile_model(model, learning_rate=1e-3):
+    """Compiles for integer labels and logits, reporting accuracy."""
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit_verbosity():
+    """Progress bars on a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def accuracy(model, dataset):
+    """Test accuracy of a compiled model, as a fraction."""
+    return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+
+
+def print_table(rows, columns, percent=()):
+    """Prints a list of dicts as an aligned table; `percent` columns as percentages."""
+    cells = [[str(c) for c in columns]] + [
+        [f"{row[c]:.2%}" if c in percent else _format(row.get(c, "")) for c in columns] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for i, r in enumerate(cells):
+        print("  ".join(v.ljust(w) if j == 0 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def output_dir(args):
+    """Creates and returns the job's output directory."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args.out
