@@ -27,7 +27,8 @@ def vgg(config="small", input_shape=(32, 32, 3), num_classes=10, batch_norm=True
         num_classes: number of output classes.
         batch_norm: whether each convolution is followed by
             BatchNormalization.
-        name: model name; defaults to `"vgg_<config>"` for a named config.
+        name: model name; defaults to the config name (`"vgg_small"` for
+            `"small"`).
 
     Returns:
         A functional `keras.Model` that outputs logits.
@@ -46,7 +47,7 @@ def vgg(config="small", input_shape=(32, 32, 3), num_classes=10, batch_norm=True
     if isinstance(config, str):
         if config not in CONFIGS:
             raise ValueError(f"Argument `config` must be one of {sorted(CONFIGS)} or a sequence, received: {config!r}.")
-        name = name or f"vgg_{config}"
+        name = name or (config if config.startswith("vgg") else f"vgg_{config}")
         config = CONFIGS[config]
     if not all(c == "M" or (isinstance(c, int) and not isinstance(c, bool) and c > 0) for c in config):
         raise ValueError(f"Argument `config` must hold positive ints and 'M' only, received: {config!r}.")
