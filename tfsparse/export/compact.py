@@ -1,0 +1,350 @@
+"""Compact checkpoints: a model's config, seed, trained positions and values.
+
+File layout (all integers little-endian):
+
+| bytes | content |
+|---|---|
+| 8 | `MAGIC` |
+| 4 | format version (`FORMAT_VERSION`) |
+| 4 | length `h` of the header |
+| h | zlib-compressed UTF-8 JSON header |
+| ... | payload: raw little-endian arrays, at offsets given by the header |
+| 32 | SHA-256 of every byte before it |
+
+The header holds the Keras model config, the frozen-weight generator
+(name and version) and seeds, and one entry per variable of the model, in
+`model.weights` order: `"dense"` variables are stored whole; the
+trainable variable of a `tfsparse.layers.Frozen` weight (`"trained"`)
+stores only the positions where its mask is 1 (gaps between positions as
+LEB128 varints, or a bitmap, whichever is smaller) and the values there,
+its mask (`"mask"`) is rebuilt from those positions. Frozen values are
+never stored: loading regenerates them from the seed, and the `Frozen`
+layers' configs carry SHA-256 fingerprints of them that building checks.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsparse.export.saved_model import check_model
+from tfsparse.layers.frozen import GENERATOR, GENERATOR_VERSION, Frozen
+from tfsparse.summary import named_layers
+
+MAGIC = b"TFSPCMPT"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sII")
+_DIGEST_SIZE = hashlib.sha256().digest_size
+DTYPES = (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+)
+ENCODINGS = ("delta", "bitmap")
+_VARINT_MAX_BYTES = 9  # 63-bit positions
+
+
+class CompactFileError(ValueError):
+    """A compact checkpoint that is damaged, truncated or of another version."""
+
+
+def save_compact(model, path):
+    """Writes a compact checkpoint of a model, FreezeNet models above all.
+
+    For `tfsparse.layers.Frozen` weights only the trained entries are
+    stored (their positions and values); the frozen ones are regenerated
+    from the seed when loading. Every other variable (biases, plain layers,
+    normalization statistics, other wrappers' state) is stored whole. The
+    optimizer state is not stored. The file is written to a temporary name
+    and renamed, so an interrupted save never leaves a partial file at
+    `path`.
+
+    Args:
+        model: a built Keras model.
+        path: the file to write (e.g. `"model.tfsparse"`).
+
+    Raises:
+        TypeError: if `model` is not a Keras model or `path` is not a path.
+        ValueError: if the model is not built or holds a variable of a dtype
+            the format does not store (see `DTYPES`).
+
+    Example:
+
+    >>> tfsparse.export.save_compact(frozen_model, "lenet5.tfsparse")
+    >>> restored = tfsparse.export.load_compact("lenet5.tfsparse")
+    """
+    check_model(model)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Argument `path` must be a str or os.PathLike, received: {path!r}.")
+    payload = bytearray()
+
+    def put(array):
+        entry = {"offset": len(payload), "nbytes": array.nbytes}
+        payload.extend(_little_endian(array).tobytes())
+        return entry
+
+    entries = []
+    for variable, role in _roles(model):
+        value = np.asarray(keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(variable)))
+        entry = {"path": variable.path, "dtype": _dtype(variable), "shape": list(value.shape), "kind": role[0]}
+        if role[0] == "trained":
+            layer, index = role[1], role[2]
+            mask = np.asarray(keras.ops.convert_to_numpy(layer.masks[index])).reshape(-1) != 0
+            positions = np.flatnonzero(mask)
+            encoding, encoded = _encode_positions(positions, mask.size)
+            entry.update(
+                count=int(positions.size),
+                encoding=encoding,
+                positions=put(encoded),
+                values=put(value.reshape(-1)[positions]),
+            )
+        elif role[0] == "dense":
+            entry.update(put(value))
+        entries.append(entry)
+    header = {
+        "model": keras.saving.serialize_keras_object(model),
+        "generator": {"name": GENERATOR, "version": GENERATOR_VERSION},
+        "seeds": sorted({layer.seed for layer in _frozen_layers(model)}),
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+        "variables": entries,
+        "payload_bytes": len(payload),
+    }
+    packed = zlib.compress(json.dumps(header).encode("utf-8"), 9)
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(dir=directory, delete=False) as file:
+        file.write(body + hashlib.sha256(body).digest())
+    os.replace(file.name, path)
+
+
+def load_compact(path):
+    """Rebuilds a model from a compact checkpoint written by `save_compact`.
+
+    The model is rebuilt from its config; `Frozen` layers regenerate their
+    frozen values from the seed (and check them against the recorded
+    fingerprints), then every variable gets its stored values. The outputs
+    are bit-identical to those of the saved model. Nothing in the file is
+    executed: it holds JSON and raw arrays only, and configs with
+    serialized Python code (`Lambda` layers) are refused. The whole file is
+    checked before any variable is set, and a model is returned only if
+    everything loaded.
+
+    Args:
+        path: a file written by `save_compact`.
+
+    Returns:
+        A built `keras.Model`, not compiled.
+
+    Raises:
+        TypeError: if `path` is not a path.
+        CompactFileError (a `ValueError`): if the file is not a compact
+            checkpoint, is truncated or damaged (checksum mismatch), has
+            another format or generator version, or does not match the
+            model its config builds.
+
+    Example:
+
+    >>> restored = tfsparse.export.load_compact("lenet5.tfsparse")
+    >>> restored.compile("sgd", "sparse_categorical_crossentropy")
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Argument `path` must be a str or os.PathLike, received: {path!r}.")
+    with open(path, "rb") as file:
+        data = file.read()
+    try:
+        header, payload = _read(data, path)
+        model = _build(header["model"], path)
+        values = _decode(model, header["variables"], payload, path)
+    except (AttributeError, IndexError, KeyError, TypeError) as error:
+        raise CompactFileError(f"{path!s} has a malformed header: {error!r}.") from None
+    for variable, value in values:
+        variable.assign(value)
+    return model
+
+
+def _read(data, path):
+    """Checks magic, version and checksum; returns (header, payload)."""
+    if len(data) < _PREFIX.size + _DIGEST_SIZE or data[:len(MAGIC)] != MAGIC:
+        raise CompactFileError(f"{path!s} is not a tfsparse compact checkpoint (or is truncated).")
+    _, version, header_size = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise CompactFileError(
+            f"{path!s} has compact format version {version}; this tfsparse reads version "
+            f"{FORMAT_VERSION}. Load it with the tfsparse version that wrote it."
+        )
+    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if hashlib.sha256(body).digest() != digest:
+        raise CompactFileError(f"{path!s} is damaged or truncated: its SHA-256 checksum does not match.")
+    try:
+        header = json.loads(zlib.decompress(body[_PREFIX.size:_PREFIX.size + header_size]))
+    except (zlib.error, ValueError) as error:
+        raise CompactFileError(f"{path!s} has an unreadable header: {error}.") from None
+    payload = body[_PREFIX.size + header_size:]
+    if header.get("payload_bytes") != len(payload):
+        raise CompactFileError(
+            f"{path!s} is damaged: the header announces {header.get('payload_bytes')} payload bytes, "
+            f"the file holds {len(payload)}."
+        )
+    generator = {"name": GENERATOR, "version": GENERATOR_VERSION}
+    if header["seeds"] and header.get("generator") != generator:
+        raise CompactFileError(
+            f"{path!s} was written with frozen-weight generator {header.get('generator')}; this "
+            f"tfsparse has {generator} and cannot regenerate its frozen weights."
+        )
+    return header, payload
+
+
+def _build(config, path):
+    if _has_code(config):
+        raise CompactFileError(f"{path!s} holds serialized Python code (a Lambda layer); it is not loaded.")
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:  # any failure to rebuild is a bad file for the caller
+        raise CompactFileError(f"{path!s}: the model config cannot be rebuilt: {error}") from error
+    if not isinstance(model, keras.Model) or not model.built:
+        raise CompactFileError(f"{path!s} does not describe a built Keras model.")
+    return model
+
+
+def _decode(model, entries, payload, path):
+    """Returns `[(variable, array)]` for every variable, or raises."""
+    roles = _roles(model)
+    if [e["kind"] for e in entries] != [role[0] for _, role in roles]:
+        raise CompactFileError(f"{path!s} does not match the variables of the model its config builds.")
+    trained = {}
+    result = []
+    for entry, (variable, role) in zip(entries, roles):
+        shape, dtype = tuple(entry["shape"]), entry["dtype"]
+        if shape != tuple(variable.shape) or dtype != _dtype(variable):
+            raise CompactFileError(
+                f"{path!s}: variable {entry['path']!r} is stored as {dtype}{list(shape)}, the rebuilt "
+                f"model has {variable.path!r} as {_dtype(variable)}{list(variable.shape)}."
+            )
+        size = int(np.prod(shape, dtype=np.int64))
+        if role[0] == "dense":
+            value = _array(payload, entry, dtype, size, path).reshape(shape)
+        elif role[0] == "trained":
+            layer, index = role[1], role[2]
+            frozen = keras.ops.convert_to_numpy(layer.frozen_weights()[layer.weight_names[index]])
+            positions = _decode_positions(payload, entry, size, path)
+            value = np.array(frozen).reshape(-1)
+            value[positions] = _array(payload, entry["values"], dtype, positions.size, path)
+            value = value.reshape(shape)
+            trained[(id(layer), index)] = positions
+        else:
+            positions = trained[(id(role[1]), role[2])]
+            value = np.zeros(size, dtype)
+            value[positions] = 1
+            value = value.reshape(shape)
+        result.append((variable, value))
+    return result
+
+
+def _roles(model):
+    """`[(variable, role)]` in `model.weights` order; role is `("dense",)`,
+    `("trained", layer, index)` or `("mask", layer, index)`."""
+    roles = {}
+    for layer in _frozen_layers(model):
+        for index, (weight, mask) in enumerate(zip(layer.prunable_weights, layer.masks)):
+            roles[id(weight)] = ("trained", layer, index)
+            roles[id(mask)] = ("mask", layer, index)
+    return [(v, roles.get(id(v), ("dense",))) for v in model.weights]
+
+
+def _frozen_layers(model):
+    return [layer for _, layer in named_layers(model) if isinstance(layer, Frozen)]
+
+
+def _dtype(variable):
+    dtype = keras.backend.standardize_dtype(variable.dtype)
+    if dtype not in DTYPES:
+        raise ValueError(
+            f"Variable {variable.path!r} has dtype {dtype}; compact checkpoints store {', '.join(DTYPES)}."
+        )
+    return dtype
+
+
+def _little_endian(array):
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def _slice(payload, entry, nbytes, path):
+    offset = entry["offset"]
+    if entry["nbytes"] != nbytes or offset < 0 or offset + nbytes > len(payload):
+        raise CompactFileError(f"{path!s} is damaged: an array lies outside the payload or has the wrong size.")
+    return payload[offset:offset + nbytes]
+
+
+def _array(payload, entry, dtype, count, path):
+    little = np.dtype(dtype).newbyteorder("<")
+    return np.frombuffer(_slice(payload, entry, count * little.itemsize, path), little).astype(dtype)
+
+
+def _encode_positions(positions, size):
+    """Returns `(encoding, uint8 array)`: varint gaps or a bitmap, the smaller."""
+    gaps = np.diff(positions, prepend=-1) - 1
+    varints = _varint_encode(gaps.astype(np.uint64))
+    if varints.size <= (size + 7) // 8:
+        return "delta", varints
+    bitmap = np.zeros(size, bool)
+    bitmap[positions] = True
+    return "bitmap", np.packbits(bitmap)
+
+
+def _decode_positions(payload, entry, size, path):
+    count, encoding = entry["count"], entry["encoding"]
+    if encoding not in ENCODINGS or not 0 <= count <= size:
+        raise CompactFileError(f"{path!s} is damaged: bad positions of {entry['path']!r}.")
+    if encoding == "bitmap":
+        raw = np.frombuffer(_slice(payload, entry["positions"], (size + 7) // 8, path), np.uint8)
+        positions = np.flatnonzero(np.unpackbits(raw, count=size))
+    else:
+        raw = np.frombuffer(_slice(payload, entry["positions"], entry["positions"]["nbytes"], path), np.uint8)
+        gaps = _varint_decode(raw, count, path)
+        positions = np.cumsum(gaps + np.uint64(1)).astype(np.int64) - 1
+    if positions.size != count or (count and positions[-1] >= size):
+        raise CompactFileError(f"{path!s} is damaged: bad positions of {entry['path']!r}.")
+    return positions
+
+
+def _varint_encode(values):
+    """LEB128: 7 bits per byte, low bits first, high bit set on all but the last."""
+    lengths = np.ones(values.size, np.int64)
+    rest = values >> np.uint64(7)
+    while rest.any():
+        lengths += rest > 0
+        rest >>= np.uint64(7)
+    owner = np.repeat(np.arange(values.size), lengths)
+    index = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    low = (values[owner] >> (np.uint64(7) * index.astype(np.uint64))) & np.uint64(0x7F)
+    more = np.where(index < lengths[owner] - 1, 0x80, 0)
+    return (low.astype(np.uint8) | more.astype(np.uint8)).astype(np.uint8)
+
+
+def _varint_decode(data, count, path):
+    last = np.flatnonzero(data < 0x80)
+    first = np.concatenate([[0], last[:-1] + 1]) if last.size else last
+    lengths = last - first + 1
+    if last.size != count or (data.size and data[-1] >= 0x80) or (count and lengths.max() > _VARINT_MAX_BYTES):
+        raise CompactFileError(f"{path!s} is damaged: bad position encoding.")
+    if not count:
+        return np.zeros(0, np.uint64)
+    index = np.arange(data.size) - np.repeat(first, lengths)
+    parts = (data & 0x7F).astype(np.uint64) << (np.uint64(7) * index.astype(np.uint64))
+    return np.add.reduceat(parts, first)
+
+
+def _has_code(config):
+    """True if a config holds a serialized Python function or lambda."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "__lambda__":
+            return True
+        return any(_has_code(v) for v in config.values())
+    if isinstance(config, list):
+        return any(_has_code(v) for v in config)
+    return False
