@@ -137,6 +137,47 @@ def test_nested_model_matches_stripped_and_count_params():
     assert wrapped.total["effective_flops"] < wrapped.total["flops"]
 
 
+class _Block(keras.layers.Layer):
+    """A custom layer with a weight of its own and a masked sublayer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = Masked(keras.layers.Dense(4, name="fc"), name="masked_fc")
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+        self.fc.build(input_shape)
+
+    def call(self, x):
+        return self.fc(x * self.scale)
+
+
+class _Net(keras.Model):
+    def __init__(self):
+        super().__init__(name="net")
+        self.block = _Block(name="block")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+def test_subclassed_model_and_custom_layer():
+    model = _Net()
+    model(np.ones((1, 3), "float32"))
+    rng = np.random.default_rng(2)
+    model.block.fc.set_masks([_random_mask((3, 4), 5, rng)])
+    rows = {row["layer"]: row for row in ts.summary(model, print_fn=None).rows}
+    assert set(rows) == {"block", "block/masked_fc", "head"}
+    assert rows["block"]["parameters"] == 3 and rows["block"]["flops"] == 0
+    assert rows["block/masked_fc"]["parameters"] == 3 * 4 + 4
+    assert rows["block/masked_fc"]["nonzeros"] == 3 * 4 - 5  # zero bias
+    assert rows["block/masked_fc"]["effective_flops"] == 2 * (3 * 4 - 5)
+    bookkeeping = [*model.block.fc.masks, model.block.fc.pruning_step]
+    real = model.count_params() - sum(int(np.prod(v.shape)) for v in bookkeeping)
+    assert sum(row["parameters"] for row in rows.values()) == real
+
+
 class _Kept(Masked):
     """Reports how many kernel entries its mask keeps (a tensor) and its scope."""
 

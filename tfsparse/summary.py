@@ -192,14 +192,15 @@ def named_layers(layer):
 
 def _row(path, layer):
     """Figures of one layer, or None if it holds no weights of its own."""
-    if isinstance(layer, ParametrizedWrapper):
-        inner, weights = layer.layer, layer.layer.weights
-        effective = dict(zip(map(id, layer.prunable_weights), layer.effective_weights().values()))
-        kind = f"{type(layer).__name__}({type(inner).__name__})"
-    else:
-        inner, weights, effective, kind = layer, _own_weights(layer), {}, type(layer).__name__
-    if not weights:
+    wrapped = isinstance(layer, ParametrizedWrapper)
+    inner = layer.layer if wrapped else layer
+    weights = inner.weights if wrapped else _own_weights(layer)
+    if not weights:  # no weights, or an unbuilt layer
         return None
+    effective = {}
+    if wrapped:
+        effective = dict(zip(map(id, layer.prunable_weights), layer.effective_weights().values()))
+    kind = f"{type(layer).__name__}({type(inner).__name__})" if wrapped else type(inner).__name__
     arrays = [_numpy(effective.get(id(w), w)) for w in weights]
     parameters = sum(a.size for a in arrays)
     nonzeros = sum(int(np.count_nonzero(a)) for a in arrays)

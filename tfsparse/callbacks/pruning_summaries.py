@@ -1,0 +1,120 @@
+"""`PruningSummaries`: per-layer sparsity as TensorBoard scalars."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from tfsparse.callbacks.update_pruning_step import scheduled_layers
+from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.summary import named_layers
+
+# `tf.summary.scalar` needs the tensorboard package installed; `tf.summary.write`
+# with the metadata of TensorBoard's scalars plugin writes the same events
+# with TensorFlow alone.
+_SCALAR = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+)
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes the sparsity of every wrapped layer to TensorBoard, per epoch.
+
+    At the end of an epoch it writes, with the epoch number as step:
+
+    - `sparsity/<layer path>/<weight>`: the fraction of zeros in each
+      prunable weight's *effective* value (any tfsparse wrapper);
+    - `target_sparsity/<layer path>`: the sparsity the schedule of each
+      scheduled `tfsparse.layers.Masked` layer asks for at its current
+      pruning step (`m / n` for m-by-n sparsity).
+
+    The events go to `log_dir` itself, so a `keras.callbacks.TensorBoard`
+    writing losses to the same directory shows beside them. Unlike TFMOT's
+    callback of the same name, this one only writes the pruning scalars and
+    has no per-batch hook: an integer `update_freq` counts *epochs*.
+
+    Args:
+        log_dir: directory of the event files (created if missing).
+        update_freq: `"epoch"` (every epoch) or an integer `n >= 1`: write
+            every `n` epochs.
+
+    Raises:
+        TypeError: if `log_dir` is not a path.
+        ValueError: for a bad `update_freq`; at the start of `fit` if the
+            model holds no tfsparse wrapper.
+
+    Example:
+
+    >>> pruned.fit(x, y, epochs=10, callbacks=[tfsparse.callbacks.PruningSummaries("logs")])
+    """
+
+    def __init__(self, log_dir, update_freq="epoch"):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"Argument `log_dir` must be a path (str or os.PathLike), received: "
+                f"{log_dir!r} (of type {type(log_dir).__name__})."
+            )
+        if update_freq != "epoch" and (
+            isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
+        ):
+            raise ValueError(
+                f"Argument `update_freq` must be 'epoch' or an integer >= 1 (a number of "
+                f"epochs), received: {update_freq!r}."
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._every = 1 if update_freq == "epoch" else update_freq
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._wrappers = [
+            (path, layer) for path, layer in named_layers(self.model) if isinstance(layer, ParametrizedWrapper)
+        ]
+        if not self._wrappers:
+            raise ValueError(
+                f"PruningSummaries found no tfsparse wrapper in model {self.model.name!r}: "
+                f"there is no sparsity to log. Wrap the model first, e.g. with "
+                f"`tfsparse.prune_low_magnitude`."
+            )
+        self._scheduled = scheduled_layers(self.model)
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self._every:
+            return
+        with self._writer.as_default():
+            for path, layer in self._wrappers:
+                for name, value in layer.effective_weights().items():
+                    array = keras.ops.convert_to_numpy(value)
+                    zeros = 1.0 - np.count_nonzero(array) / array.size
+                    _scalar(f"sparsity/{path}/{name}", zeros, epoch)
+            for path, layer in self._scheduled:
+                _scalar(f"target_sparsity/{path}", _target(layer), epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
+        self._writer = None
+
+    def get_config(self):
+        return {"log_dir": self.log_dir, "update_freq": self.update_freq}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _scalar(tag, value, step):
+    tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=_SCALAR)
+
+
+def _target(layer):
+    if layer.sparsity_m_by_n:
+        m, n = layer.sparsity_m_by_n
+        return m / n
+    return layer.pruning_schedule.sparsity(layer.pruning_step)

@@ -1,0 +1,54 @@
+"""`UpdatePruningStep`: TFMOT's callback name, kept so TFMOT code runs as is."""
+
+import keras
+
+from tfsparse.layers.masked import Masked
+from tfsparse.summary import named_layers
+
+
+def scheduled_layers(model):
+    """Returns `[(path, layer)]` for the `Masked` layers of `model` that have a schedule."""
+    return [
+        (path, layer)
+        for path, layer in named_layers(model)
+        if isinstance(layer, Masked) and layer.pruning_schedule is not None
+    ]
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Checks, when training begins, that the model has something to prune.
+
+    **This callback is optional.** In tfsparse the pruning step counter and
+    the mask updates run inside the compiled training step (see
+    `tfsparse.layers.Masked`), so `model.fit` and custom training loops prune
+    on schedule without it. It exists so that code written for TFMOT
+    (`callbacks=[UpdatePruningStep()]`) runs unchanged, and it keeps TFMOT's
+    check: training a model with no scheduled pruning layer is an error. It
+    has no per-batch hook, so it costs nothing per step.
+
+    Raises:
+        ValueError: at the start of `fit` if the model holds no
+            `tfsparse.layers.Masked` layer with a pruning schedule.
+
+    Example:
+
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, 0))
+    >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+    >>> pruned.fit(x, y, callbacks=[tfsparse.callbacks.UpdatePruningStep()])
+    """
+
+    def on_train_begin(self, logs=None):
+        if not scheduled_layers(self.model):
+            raise ValueError(
+                f"UpdatePruningStep found no layer to prune in model {self.model.name!r}: it "
+                f"holds no tfsparse.layers.Masked layer with a pruning schedule. Wrap the model "
+                f"with `tfsparse.prune_low_magnitude(model, pruning_schedule)` first."
+            )
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
