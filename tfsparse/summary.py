@@ -151,7 +151,14 @@ def summary(model, print_fn=print):
     for row in rows:
         for key in extras:
             row.setdefault(key, None)
-    result = Summary(rows, _total(rows, extras), columns)
+    total = _total(rows, extras)
+    if "frozen" in extras:
+        # FreezeNet's compression factor: all parameters over those trained (and stored).
+        columns["compression"] = "compression"
+        for row in rows + [total]:
+            trained = None if row["frozen"] is None else row["parameters"] - row["frozen"]
+            row["compression"] = row["parameters"] / trained if trained else None
+    result = Summary(rows, total, columns)
     if print_fn is not None:
         print_fn(str(result))
     return result
