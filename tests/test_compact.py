@@ -1,0 +1,251 @@
+"""Compact checkpoints: bit-exact round trips, compact positions, damaged files rejected."""
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import keras
+import numpy as np
+import pytest
+
+import tfsparse as ts
+from tfsparse.export import CompactFileError, compact
+from tfsparse.layers import Frozen, Masked
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _mixed_model():
+    """Frozen layers (one nested), BatchNormalization, a Masked and a plain layer."""
+    inner = keras.Sequential(
+        [keras.Input((32,)), Frozen(keras.layers.Dense(16, activation="relu", name="inner_dense"), seed=9)],
+        name="block",
+    )
+    inputs = keras.Input((6, 6, 2))
+    x = Frozen(keras.layers.Conv2D(8, 3, name="conv"), seed=9)(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(2, 1, name="plain")(x)
+    x = keras.layers.Flatten()(x)
+    x = inner(x)
+    x = Masked(keras.layers.Dense(8, name="masked"))(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    for layer in _wrappers(model):
+        layer.set_masks([np.random.rand(*w.shape) < 0.2 for w in layer.prunable_weights])
+    return model
+
+
+def _wrappers(model):
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _wrappers(layer)
+        elif isinstance(layer, (Frozen, Masked)):
+            found.append(layer)
+    return found
+
+
+def _trained_model():
+    model = _mixed_model()
+    x, y = _data()
+    model.compile(keras.optimizers.AdamW(0.05, weight_decay=0.3), LOSS)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    return model
+
+
+def _data(n=32):
+    return np.random.rand(n, 6, 6, 2).astype("float32"), np.random.randint(0, 3, n)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = _trained_model()
+    path = str(tmp_path_factory.mktemp("compact") / "model.tfsparse")
+    ts.export.save_compact(model, path)
+    return model, path
+
+
+def test_round_trip_is_bit_exact(saved):
+    model, path = saved
+    x, _ = _data(16)
+    loaded = ts.export.load_compact(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    for a, b in zip(_wrappers(model), _wrappers(loaded)):
+        for u, v in zip(a.effective_weights().values(), b.effective_weights().values()):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(u), keras.ops.convert_to_numpy(v))
+        for u, v in zip(a.masks, b.masks):
+            np.testing.assert_array_equal(u.numpy(), v.numpy())
+    # The loaded model trains on.
+    loaded.compile("sgd", LOSS)
+    loaded.fit(*_data(8), verbose=0)
+
+
+def test_frozen_values_are_not_in_the_file(saved):
+    model, path = saved
+    _, header, payload = _split(path)
+    entries = header["variables"]
+    assert [e["kind"] for e in entries].count("trained") == 2
+    assert header["seeds"] == [9]
+    # Every payload byte is accounted for: dense variables whole, and for the
+    # trained variables of Frozen weights their positions and the values there.
+    accounted = 0
+    for entry, variable in zip(entries, model.weights):
+        size = int(np.prod(variable.shape))
+        if entry["kind"] == "dense":
+            assert entry["nbytes"] == 4 * size or variable.dtype != "float32"
+            accounted += entry["nbytes"]
+        elif entry["kind"] == "trained":
+            mask = next(layer.masks[0] for layer in _wrappers(model) if layer.prunable_weights[0] is variable)
+            assert entry["count"] == int(mask.numpy().sum()) < size
+            assert entry["values"]["nbytes"] == 4 * entry["count"]
+            assert entry["positions"]["nbytes"] <= -(-size // 8)
+            accounted += entry["values"]["nbytes"] + entry["positions"]["nbytes"]
+    assert accounted == len(payload)
+
+
+def test_round_trip_in_another_process(saved, tmp_path):
+    model, path = saved
+    x, _ = _data(8)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        import tfsparse as ts
+        model = ts.export.load_compact({path!r})
+        np.save({str(tmp_path / "y.npy")!r}, model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 300, 2000, 4096])
+def test_positions_round_trip_with_the_smaller_encoding(count):
+    size = 4096
+    positions = np.sort(np.random.choice(size, count, replace=False))
+    if count:
+        positions[-1] = size - 1  # the last position, and large gaps at low counts
+    positions = np.unique(positions)
+    encoding, encoded = compact._encode_positions(positions, size)
+    gaps = np.diff(positions, prepend=-1) - 1
+    varint_bytes = sum(max(1, -(-int(g).bit_length() // 7)) for g in gaps)
+    bitmap_bytes = size // 8
+    assert encoding == ("delta" if varint_bytes <= bitmap_bytes else "bitmap")
+    assert encoded.size == min(varint_bytes, bitmap_bytes)
+    entry = {"path": "w", "count": positions.size, "encoding": encoding, "positions": {"offset": 0, "nbytes": encoded.size}}
+    decoded = compact._decode_positions(encoded.tobytes(), entry, size, "file")
+    np.testing.assert_array_equal(decoded, positions)
+
+
+def test_large_gaps_use_multi_byte_varints():
+    gaps = np.array([0, 127, 128, 2**14, 2**21 + 5, 2**35], np.uint64)
+    encoded = compact._varint_encode(gaps)
+    assert encoded.size == 1 + 1 + 2 + 3 + 4 + 6
+    np.testing.assert_array_equal(compact._varint_decode(encoded, gaps.size, "file"), gaps)
+
+
+def test_damaged_truncated_and_foreign_files_are_rejected(saved, tmp_path):
+    _, path = saved
+    data = open(path, "rb").read()
+    cases = {
+        "flipped": data[:200] + bytes([data[200] ^ 1]) + data[201:],
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "not_compact": b"PK\x03\x04" + data[4:],
+        "version": data[:8] + struct.pack("<I", compact.FORMAT_VERSION + 1) + data[12:],
+    }
+    messages = {
+        "flipped": "checksum",
+        "truncated": "checksum",
+        "empty": "not a tfsparse compact checkpoint",
+        "not_compact": "not a tfsparse compact checkpoint",
+        "version": "format version",
+    }
+    for name, content in cases.items():
+        target = tmp_path / f"{name}.tfsparse"
+        target.write_bytes(content)
+        with pytest.raises(CompactFileError, match=messages[name]):
+            ts.export.load_compact(str(target))
+
+
+def test_consistent_but_wrong_files_are_rejected(saved, tmp_path):
+    """Files with a valid checksum whose content is wrong still never load."""
+    _, path = saved
+
+    def generator(header):
+        header["generator"]["version"] += 1
+
+    def positions(header):
+        entry = next(e for e in header["variables"] if e["kind"] == "trained")
+        entry["count"] += 1
+
+    def shape(header):
+        header["variables"][0]["shape"][0] += 1
+
+    def fingerprint(header):
+        config = json.dumps(header["model"])
+        header["model"] = json.loads(config.replace('"fingerprints": {"kernel": "', '"fingerprints": {"kernel": "0'))
+
+    def code(header):
+        header["model"]["config"]["layers"].append({"class_name": "__lambda__", "config": {"code": "AAAA"}})
+
+    expected = {
+        generator: "generator",
+        positions: "bad position",
+        shape: "stored as",
+        fingerprint: "regenerate differently",
+        code: "Python code",
+    }
+    for change, message in expected.items():
+        target = tmp_path / f"{change.__name__}.tfsparse"
+        _rewrite(path, target, change)
+        with pytest.raises(CompactFileError, match=message):
+            ts.export.load_compact(str(target))
+
+
+def test_freezenet_lenet_300_100_round_trip(tmp_path):
+    x, y = np.random.rand(16, 28, 28, 1).astype("float32"), np.random.randint(0, 10, 16)
+    model = ts.freezenet(ts.models.lenet_300_100(), 0.99, (x, y), seed=3)
+    path = str(tmp_path / "lenet.tfsparse")
+    ts.export.save_compact(model, path)
+    loaded = ts.export.load_compact(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    dense = str(tmp_path / "dense.keras")
+    ts.models.lenet_300_100().save(dense)
+    # One percent of the weights, their positions and the biases: far below the dense file.
+    assert 10 * os.path.getsize(path) < os.path.getsize(dense)
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(TypeError, match="model"):
+        ts.export.save_compact("model", str(tmp_path / "m"))
+    with pytest.raises(TypeError, match="path"):
+        ts.export.save_compact(_mixed_model(), 3)
+    with pytest.raises(TypeError, match="path"):
+        ts.export.load_compact(None)
+
+
+def _split(path):
+    data = open(path, "rb").read()
+    _, version, size = struct.unpack_from("<8sII", data)
+    header = json.loads(zlib.decompress(data[16:16 + size]))
+    return data, header, data[16 + size:-32]
+
+
+def _header(path):
+    return _split(path)[1]
+
+
+def _rewrite(path, target, change):
+    """Writes `path` with its header changed by `change`, with a valid checksum."""
+    data, header, payload = _split(path)
+    change(header)
+    packed = zlib.compress(json.dumps(header).encode())
+    body = data[:12] + struct.pack("<I", len(packed)) + packed + payload
+    target.write_bytes(body + hashlib.sha256(body).digest())
