@@ -81,6 +81,8 @@ def test_random_init_is_seeded_top_k_of_scores():
     scores, mask = first.scores[0].numpy(), first.masks[0].numpy()
     assert int(mask.sum()) == 200 - 140
     assert scores[mask == 1].min() > scores[mask == 0].max()
+    bound = 1 / np.sqrt(20)  # Kaiming-uniform over the fan-in
+    assert -bound <= scores.min() < -0.8 * bound and 0.8 * bound < scores.max() <= bound
     np.testing.assert_array_equal(scores, again.scores[0].numpy())
     assert np.any(scores != other.scores[0].numpy())
 

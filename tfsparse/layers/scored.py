@@ -1,5 +1,6 @@
 """`Scored`: a frozen layer whose kept weights are chosen by trainable scores."""
 
+import math
 import numbers
 
 import keras
@@ -41,7 +42,9 @@ class Scored(ParametrizedWrapper):
             number, or a list with one per prunable weight of the layer.
         init: `"magnitude"` (the largest-magnitude weights are kept; their
             scores start at 1.0 and the others at 0.99) or `"random"`
-            (scores uniform in [0, 1) from `seed`; the top-k are kept).
+            (Kaiming-uniform scores from `seed`, uniform in
+            `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` as in Edge-popup; the top-k
+            are kept).
         seed: integer seed of the random init (used by `"random"` only).
         score_regularizer: regularizer of the scores, e.g.
             `keras.regularizers.L2(wd / 2)` for weight decay `wd` coupled
@@ -127,7 +130,11 @@ class Scored(ParametrizedWrapper):
             mask = magnitude.topk_mask(tf.abs(weight), sparsity)
             scores = tf.where(mask > 0, KEPT_SCORE, PRUNED_SCORE)
             return tf.cast(scores, weight.dtype), mask
-        scores = tf.random.stateless_uniform(weight.shape, seed=[self.seed, index], dtype=weight.dtype)
+        # Kaiming-uniform scores, as Edge-popup initializes its scores.
+        bound = (1.0 / math.prod(weight.shape[:-1] or weight.shape)) ** 0.5
+        scores = tf.random.stateless_uniform(
+            weight.shape, seed=[self.seed, index], minval=-bound, maxval=bound, dtype=weight.dtype
+        )
         return scores, magnitude.topk_mask(scores, sparsity)
 
     def initial_masks(self):
@@ -251,10 +258,12 @@ def short_restriction(scores, mask, num_pruned, rate):
         order = tf.argsort(tf.where(candidates, key, -float("inf")), direction="DESCENDING", stable=True)
         return tf.logical_and(candidates, tf.math.invert_permutation(order) < swaps)
 
+    # Ranking is only needed to swap some but not all of the candidates.
+    swap_all = tf.logical_and(allowed, tf.equal(swaps, count))
     revive, remove = tf.cond(
-        tf.equal(swaps, count),
-        lambda: (tf.logical_and(revive, allowed), tf.logical_and(remove, allowed)),
+        tf.logical_and(swaps > 0, swaps < count),
         lambda: (best(revive, flat_scores), best(remove, -flat_scores)),
+        lambda: (tf.logical_and(revive, swap_all), tf.logical_and(remove, swap_all)),
     )
     new = tf.where(revive, True, tf.where(remove, False, kept))
     return tf.reshape(tf.cast(new, mask.dtype), tf.shape(mask))

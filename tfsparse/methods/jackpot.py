@@ -51,7 +51,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             in [0, 1).
         init: `"magnitude"`: the initial mask is the magnitude-pruning mask,
             scores 1.0 for kept and 0.99 for pruned weights; `"random"`:
-            uniform random scores, top-k kept.
+            Kaiming-uniform random scores (as in Edge-popup), top-k kept.
         exclude: names of prunable layers to keep dense (still frozen).
             `None` keeps the last prunable layer (the classifier) dense; `()`
             prunes every prunable layer.
