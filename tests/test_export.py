@@ -177,3 +177,11 @@ def test_unchecked_export_and_bad_arguments(pruned, tmp_path):
     with pytest.raises(TypeError, match="Argument `path`"):
         tfsparse.export.tflite(pruned, 3)
     assert not os.path.exists(path)
+
+
+def test_inputs_of_the_wrong_shape_are_rejected_by_name(tmp_path):
+    model = tfsparse.models.lenet_300_100((8, 8, 1))
+    with pytest.raises(ValueError, match=r"`sample_inputs` must hold inputs of shape \(batch, 8, 8, 1\).*received shape \(4, 7, 7, 1\)"):
+        tfsparse.export.tflite(model, tmp_path / "m.tflite", sample_inputs=np.zeros((4, 7, 7, 1), "float32"))
+    with pytest.raises(ValueError, match=r"`representative_data` must hold inputs of shape"):
+        tfsparse.export.tflite(model, tmp_path / "m.tflite", quantize="int8", representative_data=np.zeros((4, 64), "float32"))

@@ -347,12 +347,6 @@ def test_bad_mask_shape_and_structure_raise_clear_errors():
         emb.build((None, 3))
 
 
-def test_wrong_data_shape_names_the_layer():
-    model = ts.prune_low_magnitude(ts.models.lenet_300_100((8, 8, 1)))
-    with pytest.raises(ValueError, match=r"shape"):
-        model(np.ones((2, 7, 7, 1), "float32"))
-
-
 def test_mirrored_strategy_keeps_masks_identical_on_replicas():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     x = np.random.rand(64, 8, 8, 1).astype("float32")

@@ -141,6 +141,7 @@ def tflite(
     representative = None
     if representative_data is not None:
         representative = _input_array(representative_data, CALIBRATION_SAMPLES, "representative_data")
+        _check_input_shape(model, representative, "representative_data")
 
     with tempfile.TemporaryDirectory() as tmp:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model(model, os.path.join(tmp, "model")))
@@ -160,6 +161,7 @@ def tflite(
     if check:
         if sample_inputs is not None:
             inputs = _input_array(sample_inputs, None, "sample_inputs")
+            _check_input_shape(model, inputs, "sample_inputs")
         elif representative is not None:
             inputs = representative[:SAMPLE_COUNT]
         else:
@@ -168,6 +170,17 @@ def tflite(
             model, content, inputs
         )
     return report
+
+
+def _check_input_shape(model, array, argument):
+    """Raises `ValueError` unless `array` is a batch of the model's inputs."""
+    expected = tuple(model.input_shape[1:])
+    given = tuple(array.shape[1:])
+    if len(given) != len(expected) or any(e is not None and e != g for e, g in zip(expected, given)):
+        raise ValueError(
+            f"Argument `{argument}` must hold inputs of shape (batch, {', '.join(map(str, expected))}) "
+            f"for model {model.name!r}, received shape {tuple(array.shape)}."
+        )
 
 
 def _input_array(data, limit, argument):
