@@ -5,7 +5,7 @@ import importlib
 import os
 
 # Each job lives in tfsparse/jobs/<name>.py.
-JOBS = ("demo",)
+JOBS = ("demo", "jackpot")
 
 
 def run(argv=None):

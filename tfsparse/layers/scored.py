@@ -34,7 +34,8 @@ class Scored(ParametrizedWrapper):
     update would give, without storing it. The update is plain top-k
     re-ranking of the scores, or, once `restrict(rate)` has been called (see
     `tfsparse.callbacks.ShortRestriction`), the short restriction rule of
-    `short_restriction`. Either way the number of kept weights never changes.
+    `short_restriction`. Either way the number of kept weights never changes,
+    and a custom training loop needs no extra call.
 
     Args:
         layer: the layer to wrap (see `tfsparse.layers.SUPPORTED_LAYERS`).
