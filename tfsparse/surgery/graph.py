@@ -1,0 +1,442 @@
+"""The channel dependency graph of a Keras model: which channels must go together.
+
+Every channel of every tensor in a functional graph is a node; layers that
+tie channels together (an `Add`, a layer called twice, a BatchNormalization
+that follows its producer) join nodes, so a connected set is one channel
+that can only be removed as a whole. A `ChannelGroup` gathers the layers
+whose output channels are tied this way, as Torch-Pruning's DepGraph does for
+PyTorch; the graph knows nothing of how channels are scored or removed.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.surgery import rules
+from tfsparse.surgery.clone import is_graph_model
+from tfsparse.surgery.strip import strip
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+    """Channels of several layers that can only be removed together.
+
+    Channel `i` of the group is the set of producer channels
+    `channels[i]`: removing it removes each of them, and the matching inputs
+    of every consumer.
+
+    Attributes:
+        producers: names of the layers whose output channels are in the
+            group (Conv, Dense, ... whose outputs are added, multiplied or
+            otherwise tied together), in model order.
+        consumers: names of the layers that read the group's channels as
+            inputs (their input slices go with the channels).
+        members: names of the layers that carry the channels through and
+            are narrowed with them (BatchNormalization, DepthwiseConv, ...).
+        channels: one entry per group channel: the `(producer, output
+            channel)` pairs it ties together.
+        pinned: group channel indices that cannot be removed.
+        reason: why the pinned channels cannot be removed (`None` if none
+            are pinned), e.g. they are model outputs or reach a layer the
+            graph cannot map channel by channel.
+    """
+
+    producers: tuple
+    consumers: tuple
+    members: tuple
+    channels: tuple
+    pinned: frozenset
+    reason: str | None
+
+    @property
+    def size(self):
+        """Number of channels of the group."""
+        return len(self.channels)
+
+    @property
+    def prunable(self):
+        """Whether at least one channel of the group can be removed."""
+        return len(self.pinned) < self.size
+
+    def indices(self, layer):
+        """Returns the output channels of producer `layer` in group order.
+
+        `indices(layer)[i]` is the channel of `layer` tied to group channel
+        `i` (the first one if several are), or -1 if none is.
+
+        Raises:
+            ValueError: if `layer` is not a producer of the group.
+        """
+        if layer not in self.producers:
+            raise ValueError(
+                f"Argument `layer` must be one of the group's producers {list(self.producers)}, received: {layer!r}."
+            )
+        return [next((c for name, c in pairs if name == layer), -1) for pairs in self.channels]
+
+
+@dataclasses.dataclass
+class LayerChannels:
+    """The channels around one layer, as node arrays (see `ChannelGraph`).
+
+    Attributes:
+        layer: the Keras operation.
+        rule: its `rules.ChannelRule`, or `None` if it is unsupported.
+        inputs: per call, the channel arrays of its input tensors.
+        outputs: per call, the channel arrays of its output tensors.
+        mid: per call, the depthwise outputs of a SeparableConv (else `None`).
+    """
+
+    layer: object
+    rule: object
+    inputs: list = dataclasses.field(default_factory=list)
+    outputs: list = dataclasses.field(default_factory=list)
+    mid: list = dataclasses.field(default_factory=list)
+
+    def arrays(self):
+        """Every channel array of every call."""
+        return [a for call in (*self.inputs, *self.outputs) for a in call] + [m for m in self.mid if m is not None]
+
+
+class ChannelGraph:
+    """Channel nodes of a functional model, joined where channels are tied.
+
+    After construction, every array in `layers` holds, for each position of
+    a tensor's channel axis, the id of its connected set of nodes (its
+    "root"): two positions with the same root are the same channel for
+    surgery. `pins` maps the roots that cannot be removed to the reason.
+
+    Args:
+        model: a built functional or Sequential model. tfsparse wrappers are
+            stripped first (`tfsparse.strip`); `model` is then the stripped
+            model, whose layers carry the inner layers' names.
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: if `model` is not built or has no functional graph.
+    """
+
+    def __init__(self, model):
+        self.model = plain_model(model)
+        self._parent = []
+        self._pin_reasons = []  # (node, reason)
+        self.layers = {}  # name -> LayerChannels
+        self.produced = {}  # producer name -> node array of its output channels
+        self._walk(graph_view(self.model))
+        self._finish()
+
+    # Union-find over channel nodes.
+    def _new(self, count):
+        start = len(self._parent)
+        self._parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def _find(self, node):
+        parent = self._parent
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def _join(self, a, b):
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self._find(x), self._find(y)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    def _pin(self, array, reason):
+        self._pin_reasons.extend((int(n), reason) for n in array)
+
+    def _source(self, width, reason):
+        nodes = self._new(width)
+        self._pin(nodes, reason)
+        return nodes
+
+    def _walk(self, view):
+        # Keras 3 has no public accessor for the call that produced a
+        # KerasTensor: `_keras_history` (operation, node index, tensor index)
+        # and `operation._inbound_nodes` are the links Keras' own Functional
+        # model reads to run and serialize the graph. The public alternative,
+        # `get_config()`, re-encodes the same links with node indices that
+        # are offset for nested models, so the graph is read here directly.
+        arrays = {}
+        for i, tensor in enumerate(view.inputs):
+            arrays[id(tensor)] = self._source(_width(tensor), f"comes from model input {i} ({tensor.name!r})")
+        for node in model_calls(view):
+            self._call(node, arrays)
+        for i, tensor in enumerate(view.outputs):
+            self._pin(arrays[id(tensor)], f"is model output {i}")
+
+    def _call(self, node, arrays):
+        layer = node.operation
+        inputs = [arrays[id(t)] for t in node.input_tensors]
+        rank = len(node.input_tensors[0].shape) if node.input_tensors else 0
+        try:
+            rule = rules.channel_rule(layer, rank)
+            outputs, mid = self._apply(layer, rule, node, inputs)
+        except rules.Unsupported as error:
+            rule, mid = None, None
+            reason = f"reaches {error}"
+            for array in inputs:
+                self._pin(array, reason)
+            outputs = [self._source(_width(t), f"comes out of {error}") for t in node.output_tensors]
+        info = self.layers.get(layer.name)
+        if info is None:
+            info = self.layers[layer.name] = LayerChannels(layer, rule)
+        elif rule is not None and (rule.axes or rule.width):
+            # A layer called again shares its weights: its channels are tied
+            # call by call.
+            for old, new in zip([*info.inputs[0], *info.outputs[0]], [*inputs, *outputs]):
+                self._join(old, new)
+        info.inputs.append(inputs)
+        info.outputs.append(outputs)
+        info.mid.append(mid)
+        for tensor, array in zip(node.output_tensors, outputs):
+            arrays[id(tensor)] = array
+
+    def _apply(self, layer, rule, node, inputs):
+        """Output channel arrays (and SeparableConv's middle ones) of one call."""
+        widths = [_width(t) for t in node.output_tensors]
+        name = f"{type(layer).__name__} {layer.name!r}"
+        if len(widths) != 1:
+            raise rules.Unsupported(f"{name}, which has {len(widths)} outputs")
+        (width,) = widths
+        mid = None
+        if rule.kind in (rules.PRODUCE, rules.SEPARABLE):
+            if rule.kind == rules.SEPARABLE:
+                mid = np.repeat(inputs[0], layer.depth_multiplier)
+            elif not any(a.channels == rules.IN for a in rule.axes):
+                for array in inputs:
+                    self._pin(array, f"are read as indices by {name}")
+            if layer.name not in self.produced:
+                self.produced[layer.name] = self._new(width)
+            output = self.produced[layer.name]
+        elif rule.kind == rules.FOLLOW:
+            output = inputs[0]
+        elif rule.kind == rules.REPEAT:
+            output = np.repeat(inputs[0], layer.depth_multiplier)
+        elif rule.kind == rules.CONCAT:
+            output = np.concatenate(inputs)
+        elif rule.kind == rules.FLATTEN:
+            spatial = node.input_tensors[0].shape[1:-1]
+            if any(d is None for d in spatial):
+                raise rules.Unsupported(f"{name}, whose input has an unknown spatial size {spatial}")
+            output = np.tile(inputs[0], math.prod(spatial))
+        else:  # COUPLE: elementwise over inputs of the output's width
+            full = [a for a in inputs if len(a) == width]
+            for array in inputs:
+                if len(array) != width:
+                    self._pin(array, f"are broadcast by {name}")
+            for array in full[1:]:
+                self._join(full[0], array)
+            output = full[0]
+        if len(output) != width:
+            raise rules.Unsupported(f"{name}, which changes the channel axis ({len(output)} -> {width} channels)")
+        return [output], mid
+
+    def _finish(self):
+        """Replaces every node by its root and gathers the pins by root."""
+        parent = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        self.root = parent
+        self.pins = {}
+        for node, reason in self._pin_reasons:
+            self.pins.setdefault(int(parent[node]), reason)
+        for info in self.layers.values():
+            info.inputs = [[parent[a] for a in call] for call in info.inputs]
+            info.outputs = [[parent[a] for a in call] for call in info.outputs]
+            info.mid = [None if m is None else parent[m] for m in info.mid]
+        self.produced = {name: parent[nodes] for name, nodes in self.produced.items()}
+
+    def producer_roots(self, name, argument):
+        """Roots of the output channels of producer `name`.
+
+        Raises:
+            ValueError: naming `argument`, if `name` is not a producer.
+        """
+        if name not in self.produced:
+            known = "a layer of the model" if name in self.layers else "not a layer of the model"
+            raise ValueError(
+                f"Argument `{argument}` names {name!r}, which is {known} but not a producer of channels. "
+                f"Producers: {sorted(self.produced)}."
+            )
+        return self.produced[name]
+
+    def groups(self):
+        """Returns the `ChannelGroup`s of the model, in model order."""
+        order = {name: i for i, name in enumerate(self.layers)}
+        by_root = {}
+        for name, nodes in self.produced.items():
+            for c, root in enumerate(nodes.tolist()):
+                by_root.setdefault(root, []).append((name, c))
+        # Producers that share a root are in one group.
+        group_of = {name: name for name in self.produced}
+
+        def find(name):
+            while group_of[name] != name:
+                group_of[name] = group_of[group_of[name]]
+                name = group_of[name]
+            return name
+
+        for pairs in by_root.values():
+            for other, _ in pairs[1:]:
+                a, b = find(pairs[0][0]), find(other)
+                if a != b:
+                    group_of[max(a, b, key=order.get)] = min(a, b, key=order.get)
+        grouped = {}
+        for name in self.produced:
+            grouped.setdefault(find(name), []).append(name)
+        groups = [sorted(names, key=order.get) for names in
+                  sorted(grouped.values(), key=lambda names: min(map(order.get, names)))]
+        roots = [list(dict.fromkeys(r for name in names for r in self.produced[name].tolist())) for names in groups]
+        group_of_root = np.full(len(self.root), -1, dtype=np.int64)
+        for index, group_roots in enumerate(roots):
+            group_of_root[group_roots] = index
+        readers = [([], []) for _ in groups]  # (consumers, members) of each group
+        for name, info in self.layers.items():
+            inputs = [a for call in info.inputs for a in call]
+            if info.rule is None or not inputs:
+                continue
+            touched = np.unique(group_of_root[np.concatenate(inputs)])
+            for index in touched[touched >= 0].tolist():
+                if name in groups[index]:
+                    continue
+                if any(a.summed for a in info.rule.axes):
+                    readers[index][0].append(name)
+                elif info.rule.axes or info.rule.width:
+                    readers[index][1].append(name)
+        return [self._group(*args, by_root, order) for args in zip(groups, roots, readers)]
+
+    def _group(self, producers, roots, readers, by_root, order):
+        pinned = frozenset(i for i, r in enumerate(roots) if r in self.pins)
+        reasons = list(dict.fromkeys(self.pins[roots[i]] for i in sorted(pinned)))
+        return ChannelGroup(
+            producers=tuple(producers),
+            consumers=tuple(readers[0]),
+            members=tuple(readers[1]),
+            channels=tuple(tuple(sorted(by_root[r], key=lambda p: (order[p[0]], p[1]))) for r in roots),
+            pinned=pinned,
+            reason="; ".join(reasons) if reasons else None,
+        )
+
+
+def dependency_groups(model):
+    """Returns the groups of coupled channels of a functional or Sequential model.
+
+    Conv/Dense output channels flow through normalization, activations,
+    pooling and dropout; `Add`, `Subtract`, `Multiply`, `Maximum`, `Minimum`
+    and `Average` tie their inputs together; `Concatenate` offsets channels;
+    DepthwiseConv follows its input; `Flatten` spreads channel `c` over
+    `c + k*C`. A layer the graph cannot map channel by channel (a Reshape
+    that changes the last axis, a Lambda, a custom layer, a nested model)
+    pins the channels that reach it, and the group's `reason` says so. The
+    model's outputs and inputs are always pinned.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`. tfsparse
+            wrappers are stripped first, so name their inner layers.
+
+    Returns:
+        A list of `ChannelGroup`, one per set of tied producers, in model
+        order (groups with every channel pinned included; see `prunable`).
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: if `model` is not built or is a subclassed model.
+
+    Example:
+
+    >>> groups = tfsparse.surgery.dependency_groups(model)
+    >>> [(g.producers, g.size) for g in groups if g.prunable]
+    [(('conv1',), 16), (('conv2', 'conv3'), 32)]
+    """
+    return ChannelGraph(model).groups()
+
+
+def _width(tensor):
+    return int(tensor.shape[-1]) if tensor.shape and tensor.shape[-1] is not None else 0
+
+
+def producing_call(tensor):
+    """The node (layer call) of a functional graph that produced `tensor`."""
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def model_calls(view):
+    """The calls of a functional model, each after the calls it reads from."""
+    inputs = {id(t) for t in view.inputs}
+    order, done = [], set()
+    stack = [producing_call(t) for t in reversed(view.outputs) if id(t) not in inputs]
+    while stack:
+        node = stack[-1]
+        if id(node) in done:
+            stack.pop()
+            continue
+        pending = [p for p in (producing_call(t) for t in node.input_tensors if id(t) not in inputs) if id(p) not in done]
+        if pending:
+            stack.extend(pending)
+        else:
+            done.add(id(node))
+            order.append(node)
+            stack.pop()
+    return order
+
+
+def _contains_wrapper(model):
+    return any(isinstance(layer, ParametrizedWrapper)
+               or (isinstance(layer, keras.Model) and _contains_wrapper(layer)) for layer in model.layers)
+
+
+def checked_model(model):
+    """Returns `model` if it is a built functional or Sequential model.
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: if `model` is not built or is a subclassed model.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Argument `model` must be a functional or Sequential keras.Model, "
+            f"received: {model!r} (of type {type(model).__name__})."
+        )
+    if not model.built:
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
+            f"`model.build(input_shape)` or call it on a batch of data."
+        )
+    if not is_graph_model(model):
+        raise ValueError(
+            f"Argument `model` ({type(model).__name__} {model.name!r}) is a subclassed model, which has no "
+            f"layer graph to read; build it as a functional or Sequential model."
+        )
+    return model
+
+
+def plain_model(model):
+    """`model` checked, with tfsparse wrappers stripped if it holds any."""
+    model = checked_model(model)
+    return strip(model) if _contains_wrapper(model) else model
+
+
+def graph_view(model):
+    """A functional model over the same layers as `model` (itself if functional).
+
+    Raises:
+        ValueError: for a Sequential model without an input shape.
+    """
+    if not isinstance(model, keras.Sequential):
+        return model
+    try:
+        return keras.Model(model.inputs, model.outputs)
+    except ValueError as error:
+        raise ValueError(
+            f"Argument `model` (Sequential {model.name!r}) has no input shape, so no graph: "
+            f"start it with `keras.Input(shape)` or build it with `model.build(input_shape)`. ({error})"
+        ) from error
