@@ -140,3 +140,18 @@ def test_bad_arguments_are_named():
         ts.freezenet(wrapped, 0.5, data)
     with pytest.raises(TypeError, match="model"):
         ts.freezenet(keras.layers.Dense(3), 0.5, data)
+
+
+def test_freezenet_trains_under_mirrored_strategy():
+    x, y = _data(64)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        frozen = ts.freezenet(_model(), 0.9, (x[:16], y[:16]), seed=4)
+        frozen.compile(keras.optimizers.AdamW(0.05, weight_decay=0.5), LOSS)
+    before = [keras.ops.convert_to_numpy(layer.effective_weights()["kernel"]) for layer in _frozen(frozen)]
+    frozen.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for layer, old in zip(_frozen(frozen), before):
+        mask = layer.masks[0].numpy()
+        new = keras.ops.convert_to_numpy(layer.effective_weights()["kernel"])
+        np.testing.assert_array_equal(new[~mask], old[~mask])
+        assert np.any(new[mask] != old[mask])

@@ -196,12 +196,13 @@ class Frozen(ParametrizedWrapper):
                 weight.assign(value)
 
     def build_parametrization(self, weights):
+        # Boolean masks: the select needs no cast in every step.
         self.masks = [
             self.add_weight(
                 name=f"{w.name}_mask",
                 shape=w.shape,
                 initializer="ones",
-                dtype=w.dtype,
+                dtype="bool",
                 trainable=False,
                 aggregation="only_first_replica",
             )
@@ -220,7 +221,7 @@ class Frozen(ParametrizedWrapper):
         self.fingerprints = found
 
     def effective_weight(self, index, weight, training):
-        return keras.ops.where(keras.ops.cast(self.masks[index], "bool"), weight, self._frozen[index])
+        return keras.ops.where(self.masks[index], weight, self._frozen[index])
 
     def frozen_weights(self):
         """Returns `{weight name: frozen values}` (constants regenerated from the seed)."""

@@ -96,7 +96,8 @@ def snip(model, data, batches=1, loss=None):
             value = loss_fn(y, y_pred, sample_weight=sample_weight)
         return tape.gradient(value, watched)
 
-    state = ([v.value for v in trainable], [v.value for v in non_trainable])
+    # Tensors, not variables: plain values also under a tf.distribute strategy.
+    state = ([tf.convert_to_tensor(v) for v in trainable], [tf.convert_to_tensor(v) for v in non_trainable])
     progress = keras.utils.Progbar(batches, unit_name="batch") if batches >= PROGRESS_MIN_BATCHES else None
     total = None
     for step, batch in enumerate(_batches(data, batches), start=1):
@@ -106,7 +107,7 @@ def snip(model, data, batches=1, loss=None):
         if progress is not None:
             progress.update(step)
     return {
-        key: tf.abs(w.value * g / batches) for (key, w), g in zip(weights.items(), total)
+        key: tf.abs(tf.convert_to_tensor(w) * g / batches) for (key, w), g in zip(weights.items(), total)
     }
 
 
