@@ -5,7 +5,7 @@ import importlib
 import os
 
 # Each job lives in tfsparse/jobs/<name>.py.
-JOBS = ("demo", "jackpot")
+JOBS = ("demo", "freezenet", "jackpot")
 
 
 def run(argv=None):

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import zlib
 
 import keras
@@ -116,10 +115,14 @@ def save_compact(model, path):
     }
     packed = zlib.compress(json.dumps(header).encode("utf-8"), 9)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False) as file:
-        file.write(body + hashlib.sha256(body).digest())
-    os.replace(file.name, path)
+    partial = f"{os.fspath(path)}.partial-{os.getpid()}"
+    try:
+        with open(partial, "wb") as file:
+            file.write(body + hashlib.sha256(body).digest())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def load_compact(path):
