@@ -161,6 +161,7 @@ class ChannelGraph:
         # model reads to run and serialize the graph. The public alternative,
         # `get_config()`, re-encodes the same links with node indices that
         # are offset for nested models, so the graph is read here directly.
+        self.order = {op.name: i for i, op in enumerate(view.operations)}
         arrays = {}
         for i, tensor in enumerate(view.inputs):
             arrays[id(tensor)] = self._source(_width(tensor), f"comes from model input {i} ({tensor.name!r})")
@@ -209,7 +210,7 @@ class ChannelGraph:
                 mid = np.repeat(inputs[0], layer.depth_multiplier)
             elif not any(a.channels == rules.IN for a in rule.axes):
                 for array in inputs:
-                    self._pin(array, f"are read as indices by {name}")
+                    self._pin(array, f"is read as indices by {name}")
             if layer.name not in self.produced:
                 self.produced[layer.name] = self._new(width)
             output = self.produced[layer.name]
@@ -226,9 +227,11 @@ class ChannelGraph:
             output = np.tile(inputs[0], math.prod(spatial))
         else:  # COUPLE: elementwise over inputs of the output's width
             full = [a for a in inputs if len(a) == width]
+            if not full:
+                raise rules.Unsupported(f"{name}, which broadcasts every input along the channel axis")
             for array in inputs:
                 if len(array) != width:
-                    self._pin(array, f"are broadcast by {name}")
+                    self._pin(array, f"is broadcast by {name}")
             for array in full[1:]:
                 self._join(full[0], array)
             output = full[0]
@@ -270,7 +273,7 @@ class ChannelGraph:
 
     def groups(self):
         """Returns the `ChannelGroup`s of the model, in model order."""
-        order = {name: i for i, name in enumerate(self.layers)}
+        order = self.order
         by_root = {}
         for name, nodes in self.produced.items():
             for c, root in enumerate(nodes.tolist()):
@@ -299,14 +302,13 @@ class ChannelGraph:
         for index, group_roots in enumerate(roots):
             group_of_root[group_roots] = index
         readers = [([], []) for _ in groups]  # (consumers, members) of each group
-        for name, info in self.layers.items():
+        for name in sorted(self.layers, key=order.get):
+            info = self.layers[name]
             inputs = [a for call in info.inputs for a in call]
             if info.rule is None or not inputs:
                 continue
             touched = np.unique(group_of_root[np.concatenate(inputs)])
             for index in touched[touched >= 0].tolist():
-                if name in groups[index]:
-                    continue
                 if any(a.summed for a in info.rule.axes):
                     readers[index][0].append(name)
                 elif info.rule.axes or info.rule.width:
@@ -379,7 +381,8 @@ def model_calls(view):
         if id(node) in done:
             stack.pop()
             continue
-        pending = [p for p in (producing_call(t) for t in node.input_tensors if id(t) not in inputs) if id(p) not in done]
+        parents = (producing_call(t) for t in node.input_tensors if id(t) not in inputs)
+        pending = [p for p in parents if id(p) not in done]
         if pending:
             stack.extend(pending)
         else:
@@ -434,7 +437,8 @@ def graph_view(model):
     if not isinstance(model, keras.Sequential):
         return model
     try:
-        return keras.Model(model.inputs, model.outputs)
+        inputs, outputs = model.inputs, model.outputs
+        return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs)
     except ValueError as error:
         raise ValueError(
             f"Argument `model` (Sequential {model.name!r}) has no input shape, so no graph: "

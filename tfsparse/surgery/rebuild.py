@@ -109,7 +109,7 @@ def _plan(info, removed, kept_for):
     weights = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
     for axis in rule.axes:
         if axis.summed and kept_for:
-            weights[axis.weight] = _fold(weights[axis.weight], axis.axis, channels[axis.channels], kept_for)
+            weights[axis.weight] = _fold(weights[axis.weight], axis.axis, channels[axis.channels], kept_for, layer)
     for axis in rule.axes:
         keep = ~np.isin(channels[axis.channels], removed)
         weights[axis.weight] = np.compress(keep, weights[axis.weight], axis=axis.axis)
@@ -118,7 +118,7 @@ def _plan(info, removed, kept_for):
     return config, [weights[w.name] for w in layer.weights]
 
 
-def _fold(weight, axis, channels, kept_for):
+def _fold(weight, axis, channels, kept_for, layer):
     """Adds the slices of merged channels along `axis` to their kept channel's.
 
     A channel may occupy several positions (after Flatten, or a depthwise
@@ -134,8 +134,8 @@ def _fold(weight, axis, channels, kept_for):
         target = np.flatnonzero(channels == kept_for[root])
         if len(source) != len(target):
             raise ValueError(
-                f"Channels {root} and {kept_for[root]} reach a layer at {len(source)} and {len(target)} "
-                f"positions; they cannot be merged."
+                f"A merged channel and its kept channel reach {type(layer).__name__} {layer.name!r} at "
+                f"{len(source)} and {len(target)} input positions; they cannot be merged."
             )
         sources.append(source)
         targets.append(target)

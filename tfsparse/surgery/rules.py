@@ -139,23 +139,26 @@ def channel_rule(layer, rank):
         rank: rank of its (first) input, batch axis included.
 
     Raises:
-        Unsupported: with the reason, if the layer cannot be mapped channel
-            by channel.
+        Unsupported: if the layer cannot be mapped channel by channel; the
+            message names the layer and says why ("Reshape 'r', which ...").
     """
     kind = type(layer)
     if kind not in SUPPORTED_LAYERS:
-        what = "a nested model" if isinstance(layer, keras.Model) else "not a layer type the graph knows"
+        if isinstance(layer, keras.Model):
+            raise Unsupported(
+                f"{kind.__name__} {layer.name!r}, which is a nested model (the graph does not enter them)"
+            )
         raise Unsupported(
-            f"{kind.__name__} {layer.name!r} is {what}; supported: "
-            f"{', '.join(sorted({t.__name__ for t in SUPPORTED_LAYERS}))}"
+            f"{kind.__name__} {layer.name!r}, which is not a layer type the graph can map channel by channel "
+            f"(see tfsparse.surgery.rules.SUPPORTED_LAYERS)"
         )
     if getattr(layer, "data_format", "channels_last") == "channels_first":
-        raise Unsupported(f"{kind.__name__} {layer.name!r} is channels_first; only channels_last is supported")
+        raise Unsupported(f"{kind.__name__} {layer.name!r}, which is channels_first (only channels_last is supported)")
     rule = _rule(layer, kind, rank)
     unknown = {w.name for w in layer.weights} - rule.weight_names()
     if unknown:
         raise Unsupported(
-            f"{kind.__name__} {layer.name!r} holds weights that cannot be sliced by channel: {sorted(unknown)}"
+            f"{kind.__name__} {layer.name!r}, which holds weights that cannot be sliced by channel: {sorted(unknown)}"
         )
     return rule
 
@@ -163,7 +166,7 @@ def channel_rule(layer, rank):
 def _rule(layer, kind, rank):
     if kind in _CONV:
         if layer.groups != 1:
-            raise Unsupported(f"{kind.__name__} {layer.name!r} is a grouped convolution (groups={layer.groups})")
+            raise Unsupported(f"{kind.__name__} {layer.name!r}, which is a grouped convolution (groups={layer.groups})")
         return ChannelRule(PRODUCE, _kernel(-2, -1, layer.use_bias), "filters")
     if kind in _CONV_TRANSPOSE:
         return ChannelRule(PRODUCE, _kernel(-1, -2, layer.use_bias), "filters")
@@ -185,7 +188,7 @@ def _rule(layer, kind, rank):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         if sorted(a % rank for a in axis) != [rank - 1]:
             raise Unsupported(
-                f"{kind.__name__} {layer.name!r} normalizes over axis {layer.axis}, not the channel axis alone"
+                f"{kind.__name__} {layer.name!r}, which normalizes over axis {layer.axis}, not the channel axis alone"
             )
         return ChannelRule(FOLLOW, tuple(WeightAxis(name, 0, IN) for name in _NORMALIZATION[kind]))
     if kind is _L.PReLU:
@@ -195,13 +198,13 @@ def _rule(layer, kind, rank):
         name = layer.get_config()["activation"]
         if not isinstance(name, str) or name in CHANNEL_MIXING_ACTIVATIONS:
             raise Unsupported(
-                f"Activation {layer.name!r} applies {name!r}, which is not a built-in elementwise activation"
+                f"Activation {layer.name!r}, which applies {name!r}, not a built-in elementwise activation"
             )
         return ChannelRule(FOLLOW)
     if kind is _L.Rescaling:
         config = layer.get_config()
         if not all(isinstance(config[k], (int, float)) for k in ("scale", "offset")):
-            raise Unsupported(f"Rescaling {layer.name!r} has a scale or offset per channel")
+            raise Unsupported(f"Rescaling {layer.name!r}, which scales or offsets each channel differently")
         return ChannelRule(FOLLOW)
     if kind is _L.Reshape:
         return ChannelRule(FOLLOW, width="target_shape")
