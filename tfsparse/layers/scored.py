@@ -241,11 +241,9 @@ def short_restriction(scores, mask, num_pruned, rate):
     size = flat_scores.shape[0]
     if num_pruned == 0 or num_pruned == size:
         return mask
-    # The num_pruned-th smallest score, through the shorter of the two top-k's.
-    if num_pruned <= size - num_pruned:
-        threshold = -tf.math.top_k(-flat_scores, k=num_pruned).values[-1]
-    else:
-        threshold = tf.math.top_k(flat_scores, k=size - num_pruned + 1).values[-1]
+    # The num_pruned-th smallest score. NthElement selects in linear time
+    # (top_k with a large k sorts); it has no other public TF or Keras name.
+    threshold = tf.raw_ops.NthElement(input=flat_scores, n=num_pruned - 1)
     kept = tf.reshape(mask, [-1]) > 0
     revive = tf.logical_and(tf.logical_not(kept), flat_scores > threshold)
     remove = tf.logical_and(kept, flat_scores <= threshold)
