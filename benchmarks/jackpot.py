@@ -1,0 +1,243 @@
+"""Lottery Jackpots on Fashion-MNIST: a mask search over frozen pre-trained weights.
+
+Each model is pre-trained dense (Adam, lr 1e-3, batch 128), then, at each
+sparsity, with the same epoch budget and the same batches in the same order:
+
+(a) magnitude pruning, no retraining (one global threshold, classifier dense);
+(b) (a) + fine-tuning of all weights with the mask fixed (SGD momentum 0.9,
+    cosine lr from 0.01);
+(c) Lottery Jackpot, random score init, short restriction;
+(d) Lottery Jackpot, magnitude init, short restriction;
+(e) (d) without short restriction (plain top-k re-ranking of the scores).
+
+The searches use the reference recipe (`tfsparse.jackpot_optimizer`: SGD
+momentum 0.9, cosine lr from 0.1; weight decay 5e-4 on the scores). Test
+accuracy (full 10k test set) is measured `--evals-per-epoch` times per epoch.
+
+    python benchmarks/jackpot.py [--models lenet5_caffe vgg] [--sparsities 0.9 0.95] [--epochs 1]
+                                 [--pretrain-epochs 5] [--train-examples 60000] [--evals-per-epoch 6]
+
+Writes benchmarks/results/jackpot_<models>[_<epochs>epochs].json and .png.
+"""
+
+import argparse
+import math
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import tfsparse as ts  # noqa: E402
+from common import RESULTS, machine, write_json  # noqa: E402
+
+BATCH = 128
+# A VGG-style CNN sized for 2 CPU cores: six 3x3 conv + BatchNorm + ReLU, three poolings.
+VGG_CONFIG = (16, 16, "M", 32, 32, "M", 64, 64, "M")
+MODELS = {
+    "lenet5_caffe": lambda: ts.models.lenet5_caffe((28, 28, 1)),
+    "vgg": lambda: ts.models.vgg(VGG_CONFIG, (28, 28, 1), name="vgg_16_32_64"),
+}
+PRETRAIN_LR = 1e-3
+FINETUNE_LR = 0.01
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+METHODS = {
+    "b": "magnitude + fine-tuning",
+    "c": "jackpot, random init",
+    "d": "jackpot, magnitude init",
+    "e": "jackpot, magnitude init, no short restriction",
+}
+
+
+def datasets(train_examples):
+    train = ts.data.load("fashion_mnist", "train", BATCH, shuffle=True, seed=0)
+    steps = math.ceil(min(train_examples, 60000) / BATCH)
+    test = ts.data.load("fashion_mnist", "test", 1000)
+    return train.repeat(), steps, test
+
+
+def compiled(model, optimizer):
+    model.compile(optimizer, LOSS, metrics=["accuracy"])
+    return model
+
+
+def accuracy(model, test):
+    return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+
+
+def curve(model, train, test, steps_per_epoch, epochs, evals, callbacks=()):
+    """Trains for `epochs` epochs; returns test accuracy at 0 and after every 1/evals epoch."""
+    start = accuracy(model, test)
+    chunk = steps_per_epoch // evals
+    began = time.perf_counter()
+    history = model.fit(train, steps_per_epoch=chunk, epochs=epochs * evals, validation_data=test,
+                        callbacks=list(callbacks), verbose=0)
+    seconds = time.perf_counter() - began
+    return [start] + [float(a) for a in history.history["val_accuracy"]], seconds
+
+
+def magnitude_pruned(dense, search):
+    """`dense` with fixed `Masked` masks equal to the magnitude init of `search`."""
+    masks = {layer.layer.name: layer.initial_masks() for layer in search.layers if isinstance(layer, ts.layers.Scored)}
+
+    def wrap(layer):
+        if layer.name in masks:
+            return ts.layers.Masked(ts.surgery.copy_layer(layer))
+        return ts.surgery.copy_layer(layer)
+
+    pruned = ts.surgery.transform_layers(dense, wrap)
+    for layer in pruned.layers:
+        if isinstance(layer, ts.layers.Masked):
+            layer.set_masks(masks[layer.layer.name])
+    return pruned
+
+
+def kernels_bit_identical(search, dense):
+    """True if every non-zero kernel entry of the stripped search equals the pre-trained one."""
+    plain = ts.strip_pruning(search)
+    for before, after in zip(dense.layers, plain.layers):
+        for a, b in zip(before.get_weights(), after.get_weights()):
+            kept = b != 0
+            if a.ndim > 1 and a[kept].tobytes() != b[kept].tobytes():
+                return False
+    return True
+
+
+def run_model(name, args, train, steps, test, progress):
+    keras.utils.set_random_seed(0)
+    dense = compiled(MODELS[name](), keras.optimizers.Adam(PRETRAIN_LR))
+    began = time.perf_counter()
+    dense.fit(train, steps_per_epoch=steps, epochs=args.pretrain_epochs, verbose=0)
+    result = {"dense_accuracy": accuracy(dense, test), "pretrain_seconds": time.perf_counter() - began,
+              "parameters": dense.count_params(), "sparsities": {}}
+    progress.add(1)
+    total_steps = steps // args.evals_per_epoch * args.evals_per_epoch * args.epochs
+    for sparsity in args.sparsities:
+        runs = {}
+        searches = {}
+        for key, init, restricted in (("c", "random", True), ("d", "magnitude", True), ("e", "magnitude", False)):
+            search = compiled(ts.lottery_jackpot(dense, sparsity, init=init, seed=0),
+                              ts.jackpot_optimizer(total_steps))
+            callbacks = [ts.callbacks.ShortRestriction()] if restricted else []
+            accuracies, seconds = curve(search, train, test, steps, args.epochs, args.evals_per_epoch, callbacks)
+            runs[key] = {"accuracy": accuracies, "seconds": seconds}
+            searches[key] = search
+            progress.add(1)
+        pruned = magnitude_pruned(dense, searches["d"])
+        fine_tune = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(FINETUNE_LR, total_steps), momentum=0.9)
+        compiled(pruned, fine_tune)
+        accuracies, seconds = curve(pruned, train, test, steps, args.epochs, args.evals_per_epoch)
+        runs["b"] = {"accuracy": accuracies, "seconds": seconds}
+        progress.add(1)
+        d = searches["d"]
+        kept = {layer.layer.name: int(np.sum(layer.masks[0].numpy())) for layer in d.layers
+                if isinstance(layer, ts.layers.Scored)}
+        result["sparsities"][str(sparsity)] = {
+            "a_accuracy": runs["b"]["accuracy"][0],
+            "runs": runs,
+            "d_kernels_bit_identical": kernels_bit_identical(d, dense),
+            "d_kept_per_layer": kept,
+            "d_hamming_from_init": {layer.layer.name: layer.summary_fields()["hamming"] for layer in d.layers
+                                    if isinstance(layer, ts.layers.Scored)},
+        }
+    return result
+
+
+def goals(result, epochs, evals):
+    """The issue's goals, measured."""
+    points = [i / evals for i in range(epochs * evals + 1)]
+    out = {}
+    dense = result["dense_accuracy"]
+    for sparsity, r in result["sparsities"].items():
+        final = {k: run["accuracy"][-1] for k, run in r["runs"].items()}
+        reach = next((p for p, a in zip(points, r["runs"]["d"]["accuracy"]) if a >= final["c"]), None)
+        out[sparsity] = {
+            "d_minus_dense_points": 100 * (final["d"] - dense),
+            "d_within_1_point_of_dense_and_bit_identical": final["d"] >= dense - 0.01 and r["d_kernels_bit_identical"],
+            "d_epochs_to_reach_c_final": reach,
+            "d_reaches_c_final_in_a_third_of_the_epochs": reach is not None and reach <= epochs / 3,
+            "d_minus_e_points": 100 * (final["d"] - final["e"]),
+            "d_minus_b_points": 100 * (final["d"] - final["b"]),
+            "d_at_least_e_and_b": final["d"] >= final["e"] and final["d"] >= final["b"],
+        }
+    return out
+
+
+def plot(results, args, path):
+    sparsities = [str(s) for s in args.sparsities]
+    fig, axes = plt.subplots(len(results), len(sparsities), figsize=(5.5 * len(sparsities), 4 * len(results)),
+                             squeeze=False)
+    points = [i / args.evals_per_epoch for i in range(args.epochs * args.evals_per_epoch + 1)]
+    for row, (name, result) in zip(axes, results.items()):
+        for ax, sparsity in zip(row, sparsities):
+            r = result["sparsities"][sparsity]
+            for key, style in (("b", "s--"), ("c", "^-"), ("d", "o-"), ("e", "x:")):
+                ax.plot(points, r["runs"][key]["accuracy"], style, label=f"({key}) {METHODS[key]}")
+            ax.axhline(result["dense_accuracy"], color="black", lw=0.8, label="dense")
+            ax.axhline(r["a_accuracy"], color="grey", lw=0.8, ls="--", label="(a) magnitude, no retraining")
+            ax.set_title(f"{name}, sparsity {sparsity}")
+            ax.set_xlabel("search / fine-tuning epochs")
+            ax.set_ylabel("test accuracy")
+            low = min(min(run["accuracy"][1:]) for run in r["runs"].values())
+            ax.set_ylim(max(0.0, min(low, r["a_accuracy"]) - 0.02), result["dense_accuracy"] + 0.02)
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95])
+    parser.add_argument("--epochs", type=int, default=1, help="search / fine-tuning epochs (the budget)")
+    parser.add_argument("--pretrain-epochs", type=int, default=5)
+    parser.add_argument("--train-examples", type=int, default=60000,
+                        help="examples per epoch, drawn from the shuffled 60k training set")
+    parser.add_argument("--evals-per-epoch", type=int, default=6)
+    args = parser.parse_args()
+    train, steps, test = datasets(args.train_examples)
+    progress = keras.utils.Progbar(len(args.models) * (1 + 4 * len(args.sparsities)), unit_name="run")
+    began = time.perf_counter()
+    results = {name: run_model(name, args, train, steps, test, progress) for name in args.models}
+    for result in results.values():
+        result["goals"] = goals(result, args.epochs, args.evals_per_epoch)
+    payload = {
+        "recipe": {
+            "data": f"fashion_mnist: epochs of {steps * BATCH} examples drawn from the shuffled 60k training "
+                    f"set ({steps} steps of {BATCH}); full 10k test set",
+            "pretrain": f"Adam lr {PRETRAIN_LR}, {args.pretrain_epochs} epochs",
+            "budget_epochs": args.epochs,
+            "evaluations_per_epoch": args.evals_per_epoch,
+            "a": "global magnitude threshold over the pruned kernels, classifier dense, no retraining",
+            "b": f"(a)'s mask fixed, all weights trained: SGD momentum 0.9, cosine lr from {FINETUNE_LR}",
+            "c_d_e": "tfsparse.lottery_jackpot (weight decay 5e-4 on the scores) + tfsparse.jackpot_optimizer "
+                     "(SGD momentum 0.9, cosine lr from 0.1 per step); (c), (d) with "
+                     "tfsparse.callbacks.ShortRestriction(rate=1.0)",
+            "models": {"lenet5_caffe": "LeNet-5-Caffe", "vgg": f"VGG-style, conv config {list(VGG_CONFIG)}, BN, "
+                       "global average pooling, Dense classifier"},
+        },
+        "machine": {**machine(), "note": "2 CPU cores shared with other jobs while measuring; times are indicative"},
+        "seconds": time.perf_counter() - began,
+        "results": results,
+    }
+    name = "jackpot_" + "_".join(args.models) + ("" if args.epochs == 1 else f"_{args.epochs}epochs")
+    path = write_json(name, payload)
+    plot(results, args, RESULTS / f"{name}.png")
+    for name, result in results.items():
+        print(f"\n{name}: dense {result['dense_accuracy']:.4f}")
+        for sparsity, r in result["sparsities"].items():
+            finals = "  ".join(f"({k}) {run['accuracy'][-1]:.4f}" for k, run in sorted(r["runs"].items()))
+            print(f"  sparsity {sparsity}: (a) {r['a_accuracy']:.4f}  {finals}")
+            print(f"    goals: {result['goals'][sparsity]}")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
