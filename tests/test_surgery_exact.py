@@ -37,9 +37,11 @@ def _calibrate_batch_norm(model, x, rng):
     model(x, training=True)
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
-        (n,) = layer.gamma.shape
-        layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-        layer.beta.assign(rng.normal(0.0, 0.1, n))
+        (n,) = layer.moving_variance.shape
+        if layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(0.0, 0.1, n))
         layer.moving_variance.assign(layer.moving_variance + 1.0)
 
 
@@ -78,7 +80,7 @@ def _zero_shift(layer, columns):
     dead = np.all(columns == 0, axis=1)
     weights = layer.get_weights()
     if isinstance(layer, keras.layers.BatchNormalization):
-        shifts = [1, 2]  # beta, moving_mean
+        shifts = [i for i, w in enumerate(layer.weights) if w.name in ("beta", "moving_mean")]
     elif isinstance(layer, keras.layers.DepthwiseConv2D) and layer.use_bias:
         shifts, dead = [1], np.repeat(dead, layer.depth_multiplier)
     else:

@@ -58,6 +58,21 @@ def test_removing_a_tied_channel_slices_every_layer_of_the_group():
     np.testing.assert_array_equal(_weights(new, "logits")[0], _weights(model, "logits")[0])
 
 
+@pytest.mark.parametrize("scale, center", [(False, True), (True, False)])
+def test_normalization_without_gamma_or_beta_is_sliced(scale, center):
+    inputs = keras.Input((4, 4, 3))
+    x = layers.BatchNormalization(scale=scale, center=center, name="bn")(layers.Conv2D(6, 1, name="conv")(inputs))
+    x = layers.LayerNormalization(scale=scale, center=center, name="ln")(x)
+    model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
+    assert _group_of(model, "conv").members == ("bn", "ln")
+    new = remove_channels(model, {"conv": [0, 4]})
+    for name in ("bn", "ln"):
+        old = _weights(model, name)
+        assert len(old) == (4 if name == "bn" else 2) - 1
+        for before, after in zip(old, _weights(new, name)):
+            np.testing.assert_array_equal(after, before[[1, 2, 3, 5]])
+
+
 def test_concatenate_offsets_the_channels_of_its_later_inputs():
     inputs = keras.Input((5, 5, 2))
     a = layers.Conv2D(4, 1, name="a")(inputs)

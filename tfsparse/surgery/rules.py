@@ -144,6 +144,11 @@ def channel_rule(layer, rank):
     """
     kind = type(layer)
     if kind not in SUPPORTED_LAYERS:
+        if not isinstance(layer, keras.layers.Layer):
+            raise Unsupported(
+                f"the keras.ops operation {kind.__name__} {layer.name!r}, which the graph cannot map channel by "
+                f"channel (the keras.layers equivalents can be)"
+            )
         if isinstance(layer, keras.Model):
             raise Unsupported(
                 f"{kind.__name__} {layer.name!r}, which is a nested model (the graph does not enter them)"
@@ -190,7 +195,9 @@ def _rule(layer, kind, rank):
             raise Unsupported(
                 f"{kind.__name__} {layer.name!r}, which normalizes over axis {layer.axis}, not the channel axis alone"
             )
-        return ChannelRule(FOLLOW, tuple(WeightAxis(name, 0, IN) for name in _NORMALIZATION[kind]))
+        # `center=False` or `scale=False` leave out beta or gamma.
+        present = {w.name for w in layer.weights}
+        return ChannelRule(FOLLOW, tuple(WeightAxis(n, 0, IN) for n in _NORMALIZATION[kind] if n in present))
     if kind is _L.PReLU:
         shared = layer.alpha.shape[-1] == 1
         return ChannelRule(FOLLOW, () if shared else (WeightAxis("alpha", -1, IN),))
