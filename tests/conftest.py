@@ -19,3 +19,13 @@ def _seed():
     """Every test starts from the same random state."""
     keras.utils.set_random_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def two_replica_strategy():
+    """One MirroredStrategy over the two logical CPUs, shared by all tests.
+
+    Separate strategy objects in one process reuse collective-op keys, so
+    their gradient all-reduces can collide; one shared instance cannot.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -142,9 +142,9 @@ def test_bad_arguments_are_named():
         ts.freezenet(keras.layers.Dense(3), 0.5, data)
 
 
-def test_freezenet_trains_under_mirrored_strategy():
+def test_freezenet_trains_under_mirrored_strategy(two_replica_strategy):
     x, y = _data(64)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replica_strategy
     with strategy.scope():
         frozen = ts.freezenet(_model(), 0.9, (x[:16], y[:16]), seed=4)
         frozen.compile(keras.optimizers.AdamW(0.05, weight_decay=0.5), LOSS)

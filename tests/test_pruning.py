@@ -347,8 +347,8 @@ def test_bad_mask_shape_and_structure_raise_clear_errors():
         emb.build((None, 3))
 
 
-def test_mirrored_strategy_keeps_masks_identical_on_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_strategy_keeps_masks_identical_on_replicas(two_replica_strategy):
+    strategy = two_replica_strategy
     x = np.random.rand(64, 8, 8, 1).astype("float32")
     y = np.random.randint(0, 10, 64)
     with strategy.scope():
