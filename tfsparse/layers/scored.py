@@ -253,9 +253,13 @@ def short_restriction(scores, mask, num_pruned, rate):
     swaps = tf.where(allowed, tf.minimum(swaps, count), 0)
 
     def best(candidates, key):
-        # Rank of each entry by `key` (descending) among the candidates.
-        order = tf.argsort(tf.where(candidates, key, -float("inf")), direction="DESCENDING", stable=True)
-        return tf.logical_and(candidates, tf.math.invert_permutation(order) < swaps)
+        # The `swaps` candidates of highest `key`, equal keys by position.
+        keys = tf.where(candidates, key, -float("inf"))
+        cut = -tf.raw_ops.NthElement(input=-keys, n=swaps - 1)
+        above = tf.logical_and(candidates, keys > cut)
+        ties = tf.logical_and(candidates, tf.equal(keys, cut))
+        room = swaps - tf.reduce_sum(tf.cast(above, tf.int32))
+        return tf.logical_or(above, tf.logical_and(ties, tf.cumsum(tf.cast(ties, tf.int32)) <= room))
 
     # Ranking is only needed to swap some but not all of the candidates.
     swap_all = tf.logical_and(allowed, tf.equal(swaps, count))
