@@ -32,7 +32,9 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     stay trainable, so during `fit` they normalise with batch statistics and
     update their moving statistics, as in the reference code (setting a
     BatchNormalization layer's `trainable=False` would switch it to
-    inference mode in Keras 3). Keras does not save the `trainable` flag of
+    inference mode in Keras 3); the moving statistics are therefore the only
+    state besides the masks that differs from the pre-trained model. Keras
+    does not save the `trainable` flag of
     single variables: after `keras.saving.load_model` of a search in
     progress, call `freeze_weights(model)` again before resuming.
 
@@ -60,12 +62,13 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             stored in each layer's config).
 
     Returns:
-        A new model (the input is left unchanged) to compile and fit.
+        A new model to compile and fit (the input is left unchanged; a
+        subclassed model is changed in place and returned).
 
     Raises:
         ValueError: for a sparsity out of range, an unknown `init`, unknown
             names in `exclude`, or a model with nothing left to prune.
-        TypeError: if `model` is not a keras.Model.
+        TypeError: if `model` is not a keras.Model or `seed` not an int.
 
     Example:
 
