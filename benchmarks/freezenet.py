@@ -2,9 +2,9 @@
 
 One recipe for every run: the same initial weights (drawn from `--seed` with
 `tfsparse.methods.reinitialize`, which FreezeNet and SNIP also use), the same
-single scoring batch, the same training batches in the same order, SGD with
-momentum 0.9, learning rate 0.1 with cosine decay to 0, weight decay 5e-4,
-batch 100, `--epochs` epochs. SNIP keeps exactly the weights FreezeNet
+single scoring batch, the same training batches in the same order, and
+`tfsparse.methods.freezenet_optimizer` (SGD with momentum 0.9, learning rate
+0.1 with cosine decay to 0, weight decay 5e-4), batch 100, `--epochs` epochs. SNIP keeps exactly the weights FreezeNet
 trains at the same rate (same k) and zeroes the rest; FreezeNet freezes them
 at their random init. The compression factor is the paper's: all parameters
 over trained weights plus biases.
@@ -15,9 +15,12 @@ training step time of FreezeNet at the highest rate against dense, in
 interleaved rounds (median of per-step times).
 
     python benchmarks/freezenet.py [--epochs 5] [--models lenet_300_100 lenet5_caffe]
-                                   [--rates 0.9 0.95 0.99 0.995] [--seed 0]
+                                   [--rates 0.9 0.95 0.99 0.995] [--seed 0] [--rounds 7]
+    python benchmarks/freezenet.py --step-time-only [--rounds 15]
 
-Writes benchmarks/results/freezenet.json and freezenet.png.
+Writes benchmarks/results/freezenet.json and freezenet.png; with
+`--step-time-only`, only the step times (at the highest rate), to
+benchmarks/results/freezenet_step_time.json.
 """
 
 import argparse
@@ -41,9 +44,6 @@ from tfsparse.methods.freezenet import trainable_count  # noqa: E402
 MODELS = {"lenet_300_100": ts.models.lenet_300_100, "lenet5_caffe": ts.models.lenet5_caffe}
 RATES = (0.9, 0.95, 0.99, 0.995)
 BATCH = 100
-LEARNING_RATE = 0.1
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
 TIMING_STEPS = 40
 
 
@@ -55,9 +55,8 @@ def datasets(seed):
 
 
 def compile_model(model, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)
     model.compile(
-        keras.optimizers.SGD(schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
+        ts.methods.freezenet_optimizer(steps),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -77,7 +76,7 @@ def kernel_size(model):
     return sum(int(np.prod(w.shape)) for w in ts.scoring.prunable_weights(model).values())
 
 
-def run_model(arch, rates, epochs, seed, workdir, progress):
+def run_model(arch, rates, epochs, seed, rounds, workdir, progress):
     build = MODELS[arch]
     score_batch = tuple(np.asarray(t) for t in next(iter(datasets(seed)[0])))
     dense = ts.methods.reinitialize(build(), seed)
@@ -111,11 +110,11 @@ def run_model(arch, rates, epochs, seed, workdir, progress):
         result["snip"][str(rate)] = {"accuracy": accuracy, "seconds": seconds, "kept_weights": trained,
                                      "compression": result["parameters"] / kept}
         progress.add(1)
-    result["step_time"] = step_time(build, max(rates), seed, score_batch)
+    result["step_time"] = step_time(build, max(rates), seed, score_batch, rounds)
     return result
 
 
-def step_time(build, rate, seed, score_batch, rounds=7):
+def step_time(build, rate, seed, score_batch, rounds):
     """Median training step time of FreezeNet and dense, measured in interleaved rounds."""
     rng = np.random.default_rng(seed)
     x = rng.random((TIMING_STEPS * BATCH, 28, 28, 1), dtype=np.float32)
@@ -159,16 +158,21 @@ def main():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(MODELS))
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step time measurement")
+    parser.add_argument("--step-time-only", action="store_true", help="measure the training step times only")
     args = parser.parse_args()
+    if args.step_time_only:
+        return step_times_only(args)
     progress = keras.utils.Progbar(len(args.models) * (1 + 2 * len(args.rates)), unit_name="run")
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         for arch in args.models:
-            results[arch] = run_model(arch, args.rates, args.epochs, args.seed, workdir, progress)
+            results[arch] = run_model(arch, args.rates, args.epochs, args.seed, args.rounds, workdir, progress)
     payload = {
         "recipe": {
             "data": "fashion_mnist (60k train, 10k test)", "epochs": args.epochs, "batch_size": BATCH,
-            "optimizer": f"SGD momentum {MOMENTUM}, lr {LEARNING_RATE} cosine decay to 0, weight decay {WEIGHT_DECAY}",
+            "optimizer": "tfsparse.methods.freezenet_optimizer: SGD momentum 0.9, lr 0.1 cosine decay to 0, "
+                         "weight decay 5e-4",
             "init": f"reinitialize(model, seed={args.seed}) for dense, SNIP and FreezeNet",
             "scoring": "one batch of 100 training examples, the same for SNIP and FreezeNet",
             "snip_mask": "the same k as FreezeNet: ceil((1 - rate) * kernel weights) kept",
@@ -190,6 +194,20 @@ def main():
         print(f"  step time at rate {t['rate']}: FreezeNet / dense = {t['freezenet_over_dense']:.3f} "
               f"({t['step_ms_median']['freezenet']:.2f} vs {t['step_ms_median']['dense']:.2f} ms)")
     print("wrote", path)
+
+
+def step_times_only(args):
+    rate = max(args.rates)
+    results = {}
+    for arch in args.models:
+        score_batch = tuple(np.asarray(t) for t in next(iter(datasets(args.seed)[0])))
+        results[arch] = step_time(MODELS[arch], rate, args.seed, score_batch, args.rounds)
+        t = results[arch]
+        print(f"{arch}: step time at rate {rate}: FreezeNet / dense = {t['freezenet_over_dense']:.3f} "
+              f"({t['step_ms_median']['freezenet']:.2f} vs {t['step_ms_median']['dense']:.2f} ms)")
+    payload = {"batch_size": BATCH, "steps_per_round": TIMING_STEPS, "rounds": args.rounds, "machine": machine(),
+               "results": results}
+    print("wrote", write_json("freezenet_step_time", payload))
 
 
 if __name__ == "__main__":

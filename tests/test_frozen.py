@@ -12,6 +12,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfsparse.layers import Frozen
 from tfsparse.layers.frozen import derive_seed, fingerprint, initial_value
@@ -178,3 +179,21 @@ def _dense_with_unseeded_initializer():
     dense = keras.layers.Dense(3, kernel_initializer=Unseeded())
     dense.build((None, 2))
     return dense
+
+
+def test_gradient_reaches_trained_entries_only_and_matches_the_plain_layer():
+    layer = Frozen(keras.layers.Dense(5, name="d"), seed=6)
+    layer.build((None, 4))
+    mask = np.random.rand(4, 5) < 0.5
+    layer.set_masks([mask])
+    plain = keras.layers.Dense(5)
+    plain.build((None, 4))
+    plain.set_weights([keras.ops.convert_to_numpy(layer.effective_weights()["kernel"]), layer.layer.bias.numpy()])
+    x = np.random.rand(3, 4).astype("float32")
+    with tf.GradientTape(persistent=True) as tape:
+        ours = tf.reduce_sum(layer(x) ** 2)
+        theirs = tf.reduce_sum(plain(x) ** 2)
+    got = tape.gradient(ours, layer.layer.kernel).numpy()
+    want = tape.gradient(theirs, plain.kernel).numpy()
+    np.testing.assert_array_equal(got, np.where(mask, want, 0.0))
+    assert np.count_nonzero(got) == np.count_nonzero(want[mask])

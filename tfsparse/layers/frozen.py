@@ -5,6 +5,7 @@ import json
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfsparse.layers.wrapper import ParametrizedWrapper
 
@@ -132,6 +133,23 @@ def fingerprint(value):
     return digest.hexdigest()
 
 
+@keras.ops.custom_gradient
+def _select(mask, trained, frozen):
+    """`where(mask, trained, frozen)`, differentiated with respect to `trained` only.
+
+    The generic gradient of `where` also builds a tensor of zeros and the
+    gradient of `frozen`; skipping both saves a few percent of a training
+    step of a fully connected model.
+    """
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return None, keras.ops.where(mask, upstream, 0.0), None
+
+    return keras.ops.where(mask, trained, frozen), grad
+
+
 @keras.saving.register_keras_serializable(package="tfsparse")
 class Frozen(ParametrizedWrapper):
     """Trains the masked entries of a layer's weights; the others stay at their init.
@@ -221,7 +239,10 @@ class Frozen(ParametrizedWrapper):
         self.fingerprints = found
 
     def effective_weight(self, index, weight, training):
-        return keras.ops.where(self.masks[index], weight, self._frozen[index])
+        # Plain tensors: `keras.ops.convert_to_tensor` returns variables as they
+        # are, and a custom gradient must not see them as captured variables.
+        mask, weight = tf.convert_to_tensor(self.masks[index]), tf.convert_to_tensor(weight)
+        return _select(mask, weight, self._frozen[index])
 
     def frozen_weights(self):
         """Returns `{weight name: frozen values}` (constants regenerated from the seed)."""
