@@ -13,7 +13,9 @@ from tfsparse.layers.wrapper import ParametrizedWrapper
 # reseeded with a seed derived from (model seed, layer path, weight name).
 # Keras' TensorFlow backend draws with `tf.random.stateless_*` (Philox on
 # CPU and GPU), so values depend on nothing but the seed, shape, dtype and
-# initializer config. Bump the version whenever the derivation changes.
+# initializer config. Should a Keras or TensorFlow release draw differently,
+# the fingerprints that `Frozen` records catch it at build. Bump the version
+# whenever the derivation changes.
 GENERATOR = "keras-initializer/stateless"
 GENERATOR_VERSION = 1
 SEED_LIMIT = 2**32
