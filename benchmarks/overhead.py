@@ -1,8 +1,12 @@
-"""Training step time: dense Keras 3 vs tfsparse pruning vs TFMOT pruning (tf-keras).
+"""Training step time: pruning overhead of tfsparse (Keras 3) and of TFMOT (tf-keras).
+
+Overheads are ratios to the dense model of the same framework: tfsparse to dense
+Keras 3, TFMOT to dense tf-keras.
 
 All three run in one process, measured in interleaved rounds (dense, tfsparse,
 TFMOT, dense, ...) so that machine noise hits them alike; the result is the
-ratio of median step times.
+ratio of median step times, in wall-clock time and in process CPU time (the
+steadier of the two on a busy machine).
 
     python benchmarks/overhead.py [--rounds 7] [--steps 50]
 
@@ -18,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfsparse as ts  # noqa: E402
-from common import ARCHITECTURES, machine, median, tf_keras, timed, write_json  # noqa: E402
+from common import ARCHITECTURES, cpu_timed, machine, median, tf_keras, write_json  # noqa: E402
 
 BATCH = 128
 SPARSITY = 0.9
@@ -31,6 +35,8 @@ def build_runs(arch, steps):
     y = np.random.randint(0, 10, steps * BATCH)
     build = ARCHITECTURES[arch]
 
+    dense_tfk = build(tfk)
+    dense_tfk.compile(tfk.optimizers.SGD(0.01, momentum=0.9), tfk.losses.SparseCategoricalCrossentropy(from_logits=True))
     dense = build(keras)
     dense.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Masks are recomputed every 100 steps, TFMOT's default frequency, in both libraries.
@@ -48,6 +54,7 @@ def build_runs(arch, steps):
     return {
         "dense_keras3": fit(dense),
         "tfsparse": fit(ours),
+        "dense_tf_keras": fit(dense_tfk),
         "tfmot_tf_keras": fit(theirs, callbacks=callbacks),
     }
 
@@ -56,16 +63,23 @@ def measure(arch, rounds, steps):
     runs = build_runs(arch, steps)
     for run in runs.values():  # trace and warm up
         run()
-    times = {name: [] for name in runs}
+    wall = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            times[name].append(timed(run) / steps * 1000.0)
-    step_ms = {name: median(t) for name, t in times.items()}
+            w, c = cpu_timed(run)
+            wall[name].append(w / steps * 1000.0)
+            cpu[name].append(c / steps * 1000.0)
+    step_ms = {name: median(t) for name, t in wall.items()}
+    cpu_ms = {name: median(t) for name, t in cpu.items()}
     return {
         "step_ms_median": step_ms,
-        "step_ms_all": times,
+        "cpu_ms_per_step_median": cpu_ms,
+        "step_ms_all": wall,
         "overhead_tfsparse": step_ms["tfsparse"] / step_ms["dense_keras3"],
-        "overhead_tfmot": step_ms["tfmot_tf_keras"] / step_ms["dense_keras3"],
+        "overhead_tfmot": step_ms["tfmot_tf_keras"] / step_ms["dense_tf_keras"],
+        "cpu_overhead_tfsparse": cpu_ms["tfsparse"] / cpu_ms["dense_keras3"],
+        "cpu_overhead_tfmot": cpu_ms["tfmot_tf_keras"] / cpu_ms["dense_tf_keras"],
     }
 
 
@@ -79,9 +93,10 @@ def main():
     for arch in args.models:
         results[arch] = measure(arch, args.rounds, args.steps)
         r = results[arch]
-        print(f"{arch}: tfsparse/dense = {r['overhead_tfsparse']:.3f}, TFMOT/dense = {r['overhead_tfmot']:.3f} "
+        print(f"{arch}: tfsparse/dense = {r['overhead_tfsparse']:.3f} (CPU time {r['cpu_overhead_tfsparse']:.3f}), "
+              f"TFMOT/dense tf-keras = {r['overhead_tfmot']:.3f} (CPU time {r['cpu_overhead_tfmot']:.3f}) "
               f"(ms/step: {', '.join(f'{k} {v:.2f}' for k, v in r['step_ms_median'].items())})")
-    payload = {"batch_size": BATCH, "sparsity": SPARSITY, "rounds": args.rounds, "steps_per_round": args.steps,
+    payload = {"load_average_at_end": os.getloadavg(), "batch_size": BATCH, "sparsity": SPARSITY, "rounds": args.rounds, "steps_per_round": args.steps,
                "machine": machine(), "results": results}
     print("wrote", write_json("overhead", payload))
 

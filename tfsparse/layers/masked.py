@@ -193,7 +193,10 @@ class Masked(ParametrizedWrapper):
         if not training or self.pruning_schedule is None:
             return
         if self.scope == "layer" or self.group["index"] == 0:
-            should_prune, sparsity = self.pruning_schedule(self.pruning_step.value)
+            # Only the step test runs every step; the target sparsity and the
+            # new masks are computed inside the branch, at update steps only.
+            step = self.pruning_step.value
+            should_prune = self.pruning_schedule.should_prune(step)
             pairs = self._pruned_pairs()
             if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
                 # Per-replica call: assignments to mirrored variables are
@@ -201,13 +204,13 @@ class Masked(ParametrizedWrapper):
                 # the cond only computes and every step assigns.
                 new_masks = tf.cond(
                     should_prune,
-                    lambda: self._new_masks(pairs, sparsity),
+                    lambda: self._new_masks(pairs, self.pruning_schedule.sparsity(step)),
                     lambda: [m.value for _, m in pairs],
                 )
                 for (_, m), new in zip(pairs, new_masks):
                     m.assign(new)
             else:
-                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, sparsity), lambda: tf.constant(False))
+                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
         self.pruning_step.assign_add(1)
 
     def _pruned_pairs(self):
@@ -215,8 +218,8 @@ class Masked(ParametrizedWrapper):
         layers = self._linked_group() if self.scope == "global" else [self]
         return [pair for layer in layers for pair in zip(layer.prunable_weights, layer.masks)]
 
-    def _assign_new_masks(self, pairs, sparsity):
-        for (_, m), new in zip(pairs, self._new_masks(pairs, sparsity)):
+    def _assign_new_masks(self, pairs, step):
+        for (_, m), new in zip(pairs, self._new_masks(pairs, self.pruning_schedule.sparsity(step))):
             m.assign(new)
         return tf.constant(True)
 
