@@ -7,16 +7,17 @@ over the group's producers). Each pruned model is timed next to:
 
 - the dense model (speed-up, shown next to the FLOP and parameter ratios);
 - the same architecture built natively at the pruned widths (the goal is a
-  latency ratio of at most 1.05: surgery leaves no gather, slice or mask);
+  latency ratio of at most 1.05: surgery leaves no gather, slice or mask),
+  timed a second time in pairs of their own for this ratio;
 - the dense model with the same number of weights zeroed by unstructured
   magnitude pruning (which gives no speed-up on dense kernels).
 
-Keras is timed on CPU at batch 64 (`predict_on_batch`, `--keras-calls` per round),
-LiteRT at batch 1 (`ai_edge_litert` Interpreter, one thread, `--litert-runs`
-invocations per round, each timed). All variants of a model are timed in
-interleaved rounds (A, B, C, D, then B, C, D, A, ...) so machine noise hits
-them alike; each figure is the median over all calls (the best call is
-recorded too, as `*_best`).
+Keras is timed on CPU at batch 64 (`predict_on_batch`, `--keras-calls` per
+round), LiteRT at batch 1 (`ai_edge_litert` Interpreter, one thread,
+`--litert-runs` invocations per round), every call timed. The calls of all
+variants of a model alternate (A, B, C, D, then the four again in a new
+random order, ...) so machine noise hits them alike; each figure is the
+median over all calls (the best call is recorded too, as `*_best`).
 
     python benchmarks/structured_speed.py [--rounds 15] [--keras-calls 3] [--litert-runs 20]
 
@@ -103,13 +104,19 @@ def litert_interpreter(model, directory, name, sparse):
     return interpreter, os.path.getsize(path)
 
 
-def interleaved(runs, rounds, calls, progress):
-    """Seconds of every call of each run, timed in rotating order, `calls` calls in a row per round."""
-    names = list(runs)
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name] += [timed(runs[name]) for _ in range(calls)]
+def interleaved(runs, rounds, calls, progress, seed=0):
+    """Seconds of every call of each run: `calls` passes per round over the runs, one call each.
+
+    Calls alternate between runs (A, B, C, A, ...), each pass in a new random
+    order, so load changes hit every run alike and no run always follows the
+    same one (a large model run just before evicts the caches).
+    """
+    rng = np.random.default_rng(seed)
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for _ in range(calls):
+            for name in rng.permutation(list(runs)):
+                times[name].append(timed(runs[name]))
         progress.add(1)
     return times
 
@@ -147,9 +154,15 @@ def measure(arch, rounds, keras_calls, litert_runs, directory):
             "layers": [(type(layer).__name__, [tuple(w.shape) for w in layer.weights]) for layer in model.layers[1:]],
         }
         preparing.add(1)
-    progress = keras.utils.Progbar(2 * rounds, unit_name="round")
+    progress = keras.utils.Progbar(2 * rounds * (1 + len(FRACTIONS)), unit_name="round")
     keras_times = interleaved(keras_runs, rounds, keras_calls, progress)
     litert_times = interleaved(litert_runs_fns, rounds, litert_runs, progress)
+    # Pruned against native, in pairs of their own: the closest comparison.
+    paired = {}
+    for fraction in FRACTIONS:
+        names = (f"pruned_{fraction}", f"native_{fraction}")
+        for backend, runs, calls in (("keras", keras_runs, keras_calls), ("litert", litert_runs_fns, litert_runs)):
+            paired[backend, fraction] = interleaved({n: runs[n] for n in names}, rounds, calls, progress)
 
     rows = []
     for fraction in FRACTIONS:
@@ -170,7 +183,8 @@ def measure(arch, rounds, keras_calls, litert_runs, directory):
                 row[f"{backend}_ms{statistic}"] = {k: 1000 * v for k, v in seconds.items()}
                 row[f"{backend}_speedup_pruned{statistic}"] = seconds["dense"] / seconds[pruned]
                 row[f"{backend}_speedup_native{statistic}"] = seconds["dense"] / seconds[native]
-                row[f"{backend}_pruned_over_native{statistic}"] = seconds[pruned] / seconds[native]
+                pair = {k: reduce(v) for k, v in paired[backend, fraction].items()}
+                row[f"{backend}_pruned_over_native{statistic}"] = pair[pruned] / pair[native]
                 row[f"{backend}_speedup_unstructured{statistic}"] = seconds["dense"] / seconds[sparse]
         rows.append(row)
     return rows

@@ -26,9 +26,10 @@ def _layer(view, name, argument):
     try:
         return view.get_layer(name)
     except ValueError:
+        names = [layer.name for layer in view.layers]
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} layers)" if len(names) > 20 else "")
         raise ValueError(
-            f"Argument `{argument}` names {name!r}, which is not a layer of the model. "
-            f"Layers: {[layer.name for layer in view.layers]}."
+            f"Argument `{argument}` names {name!r}, which is not a layer of the model. Layers: {shown}."
         ) from None
 
 
