@@ -1,0 +1,49 @@
+"""Executes the notebooks in colab/ offline and checks what they report."""
+
+import json
+import math
+import pathlib
+
+import nbformat
+from nbclient import NotebookClient
+
+COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
+
+
+def _execute(name, tmp_path):
+    """Runs colab/<name>.ipynb; returns (printed text, its RESULTS json, image count)."""
+    notebook = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    line = next(line for line in printed.splitlines() if line.startswith("RESULTS "))
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    return printed, json.loads(line[len("RESULTS "):]), images
+
+
+def test_freezenet_notebook_trains_freezenet_and_snip_and_reloads_the_compact_file(tmp_path):
+    printed, results, images = _execute("freezenet", tmp_path)
+    assert results["trained_weights"] == math.ceil(round(0.01 * results["kernel_weights"], 9))
+    biases = results["parameters"] - results["kernel_weights"]
+    assert math.isclose(results["compression"], results["parameters"] / (results["trained_weights"] + biases))
+    assert results["frozen_unchanged"] is True
+    assert results["same_mask"] is True and results["snip_zeros"] is True
+    assert results["reload_bit_exact"] is True and results["damaged_refused"] is True
+    # Seed + positions + trained values: far smaller than the dense file.
+    assert 10 * results["compact_bytes"] < results["dense_keras_bytes"]
+    # The paper's claim at extreme rates: frozen random weights beat zeros.
+    assert results["freezenet_accuracy"] > results["snip_accuracy"]
+    assert "compression" in printed and "damaged file refused" in printed
+    assert images == 1
+
+
+def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path):
+    printed, results, images = _execute("jackpot", tmp_path)
+    assert results["kept_weights_identical"] is True
+    assert results["pruned_weights"] == round(0.9 * results["searched_weights"])
+    assert results["classifier_zeros"] == 0
+    assert results["mask_moved"] > 0
+    # The search recovers accuracy that magnitude pruning alone lost.
+    assert results["jackpot_accuracy"] > results["magnitude_accuracy"]
+    assert "hamming" in printed.lower()
+    assert images == 1
