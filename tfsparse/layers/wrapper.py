@@ -50,10 +50,18 @@ class ParametrizedWrapper(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        by_name = {w.name: w for w in self.layer.weights}
-        self.prunable_weights = [by_name[name] for name in self.weight_names]
         self.build_parametrization(self.prunable_weights)
         self.built = True
+
+    @property
+    def prunable_weights(self):
+        """The wrapped layer's prunable weight variables, in `weight_names` order.
+
+        Looked up rather than stored: an attribute holding them would make
+        Keras track (and save) each of them a second time as the wrapper's own.
+        """
+        by_name = {w.name: w for w in self.layer.weights}
+        return [by_name[name] for name in self.weight_names]
 
     def build_parametrization(self, weights):
         """Creates the wrapper's state for the given prunable weights."""
