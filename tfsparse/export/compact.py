@@ -240,11 +240,14 @@ def _decode(model, entries, payload, path):
             value = value.reshape(shape)
             trained[(id(layer), index)] = positions
         else:
-            positions = trained[(id(role[1]), role[2])]
-            value = np.zeros(size, dtype)
-            value[positions] = 1
-            value = value.reshape(shape)
+            value = None  # a mask: filled in below, from its kernel's positions
         result.append((variable, value))
+    # Masks follow from the trained positions, wherever their kernels are stored.
+    for i, (variable, role) in enumerate(roles):
+        if role[0] == "mask":
+            value = np.zeros(int(np.prod(variable.shape, dtype=np.int64)), _dtype(variable))
+            value[trained[(id(role[1]), role[2])]] = 1
+            result[i] = (variable, value.reshape(tuple(variable.shape)))
     return result
 
 
