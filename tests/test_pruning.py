@@ -115,7 +115,7 @@ def test_polynomial_schedule_follows_tfmot_semantics():
 
 
 def test_tfmot_schedule_objects_are_accepted_as_they_are():
-    tfmot = pytest.importorskip("tensorflow_model_optimization")
+    import tensorflow_model_optimization as tfmot  # a dependency; needs tf-keras (the dev extra)
     theirs = tfmot.sparsity.keras.PolynomialDecay(0.1, 0.8, begin_step=0, end_step=100, frequency=10)
     ours = ts.schedules.get(theirs)
     assert isinstance(ours, ts.schedules.PolynomialDecay)
