@@ -22,6 +22,8 @@ def add_arguments(parser):
                         help="pre-trained weights of --model (.weights.h5); pre-trains first when omitted")
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="dense epochs when --weights is omitted")
     parser.add_argument("--init", default="magnitude", choices=INITS, help="initial mask of the search")
+    parser.add_argument("--lr", type=float, default=0.1,
+                        help="initial (cosine-decayed) learning rate of the scores; 0.1 as in the reference")
     parser.add_argument("--rate", type=float, default=1.0,
                         help="short restriction: fraction of candidate pairs swapped per step (0 to 1)")
 
@@ -31,6 +33,8 @@ def run(args):
         raise SystemExit(f"--sparsity must be in [0, 1), received: {args.sparsity}.")
     if not 0.0 <= args.rate <= 1.0:
         raise SystemExit(f"--rate must be in [0, 1], received: {args.rate}.")
+    if not args.lr > 0.0:
+        raise SystemExit(f"--lr must be > 0, received: {args.lr}.")
     out = common.output_dir(args)
     train, test, shape, classes = common.load_data(args)
     dense = common.compile_model(common.build_model(args, shape, classes))
@@ -48,7 +52,7 @@ def run(args):
     steps = sum(1 for _ in train) * args.epochs
     # The loss includes the scores' weight decay; `task_loss` is the cross-entropy alone.
     task_loss = keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="task_loss")
-    search.compile(jackpot_optimizer(steps), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    search.compile(jackpot_optimizer(steps, learning_rate=args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy", task_loss])
     start = common.accuracy(search, test)
     history = search.fit(train, validation_data=test, epochs=args.epochs, verbose=common.fit_verbosity(),
