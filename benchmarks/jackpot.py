@@ -1,7 +1,8 @@
 """Lottery Jackpots on Fashion-MNIST: a mask search over frozen pre-trained weights.
 
-Each model is pre-trained dense (Adam, lr 1e-3, batch 128), then, at each
-sparsity, with the same epoch budget and the same batches in the same order:
+Each model is pre-trained dense (Adam, lr 1e-3, batch 128) on 50,000 of the
+60,000 training images, then, at each sparsity, with the same epoch budget and
+the same batches in the same order:
 
 (a) magnitude pruning, no retraining (one global threshold, classifier dense);
 (b) (a) + fine-tuning of all weights with the mask fixed (SGD momentum 0.9,
@@ -11,17 +12,21 @@ sparsity, with the same epoch budget and the same batches in the same order:
 (e) (d) without short restriction (plain top-k re-ranking of the scores).
 
 The searches use the reference recipe (`tfsparse.jackpot_optimizer`: SGD
-momentum 0.9, cosine lr from 0.1; weight decay 5e-4 on the scores). Test
-accuracy (full 10k test set) is measured `--evals-per-epoch` times per epoch.
+momentum 0.9, cosine lr; weight decay 5e-4 on the scores). Each method's
+initial learning rate is chosen from a small grid (`--search-lrs` for (c)-(e),
+`--finetune-lrs` for (b)) by accuracy on the 10,000 held-out training images
+at the end of the budget, so that every method is compared at its own best
+setting; test accuracy (full 10k test set) is measured `--evals-per-epoch`
+times per epoch. BatchNormalization uses momentum 0.9 (PyTorch's default 0.1,
+as in the reference) in pre-training and in every method.
 
     python benchmarks/jackpot.py [--models lenet5_caffe vgg] [--sparsities 0.9 0.95] [--epochs 1]
-                                 [--pretrain-epochs 5] [--train-examples 60000] [--evals-per-epoch 6]
+                                 [--pretrain-epochs 5] [--evals-per-epoch 6] [--cache DIR]
 
 Writes benchmarks/results/jackpot_<models>[_<epochs>epochs].json and .png.
 """
 
 import argparse
-import math
 import os
 import time
 
@@ -30,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,6 +44,9 @@ import tfsparse as ts  # noqa: E402
 from common import RESULTS, machine, write_json  # noqa: E402
 
 BATCH = 128
+TRAIN_EXAMPLES = 50000
+# PyTorch's default BatchNorm momentum 0.1 (the reference code's), in Keras terms.
+BN_MOMENTUM = 0.9
 # A VGG-style CNN sized for 2 CPU cores: six 3x3 conv + BatchNorm + ReLU, three poolings.
 VGG_CONFIG = (16, 16, "M", 32, 32, "M", 64, 64, "M")
 MODELS = {
@@ -45,7 +54,6 @@ MODELS = {
     "vgg": lambda: ts.models.vgg(VGG_CONFIG, (28, 28, 1), name="vgg_16_32_64"),
 }
 PRETRAIN_LR = 1e-3
-FINETUNE_LR = 0.01
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 METHODS = {
     "b": "magnitude + fine-tuning",
@@ -55,11 +63,25 @@ METHODS = {
 }
 
 
-def datasets(train_examples):
-    train = ts.data.load("fashion_mnist", "train", BATCH, shuffle=True, seed=0)
-    steps = math.ceil(min(train_examples, 60000) / BATCH)
+def with_bn_momentum(model, momentum=BN_MOMENTUM):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+    return model
+
+
+def datasets():
+    """(train, steps per epoch, validation, test): 50k/10k of the training set, seeded split."""
+    images, labels = next(iter(ts.data.load("fashion_mnist", "train", 60000, shuffle=False)))
+    order = np.random.default_rng(0).permutation(len(labels))
+    train_idx, val_idx = order[:TRAIN_EXAMPLES], order[TRAIN_EXAMPLES:]
+    images, labels = images.numpy(), labels.numpy()
+    train = (tf.data.Dataset.from_tensor_slices((images[train_idx], labels[train_idx]))
+             .shuffle(TRAIN_EXAMPLES, seed=0, reshuffle_each_iteration=True).repeat().batch(BATCH)
+             .prefetch(tf.data.AUTOTUNE))
+    validation = tf.data.Dataset.from_tensor_slices((images[val_idx], labels[val_idx])).batch(1000)
     test = ts.data.load("fashion_mnist", "test", 1000)
-    return train.repeat(), steps, test
+    return train, TRAIN_EXAMPLES // BATCH, validation, test
 
 
 def compiled(model, optimizer):
@@ -69,6 +91,23 @@ def compiled(model, optimizer):
 
 def accuracy(model, test):
     return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+
+
+def pretrained(name, args, train, steps):
+    """The dense model, pre-trained (or loaded from `args.cache`)."""
+    keras.utils.set_random_seed(0)
+    dense = compiled(with_bn_momentum(MODELS[name]()), keras.optimizers.Adam(PRETRAIN_LR))
+    path = args.cache and os.path.join(args.cache, f"jackpot_{name}_{args.pretrain_epochs}epochs.weights.h5")
+    if path and os.path.exists(path):
+        dense.load_weights(path)
+        return dense, None
+    began = time.perf_counter()
+    dense.fit(train, steps_per_epoch=steps, epochs=args.pretrain_epochs, verbose=0)
+    seconds = time.perf_counter() - began
+    if path:
+        os.makedirs(args.cache, exist_ok=True)
+        dense.save_weights(path)
+    return dense, seconds
 
 
 def curve(model, train, test, steps_per_epoch, epochs, evals, callbacks=()):
@@ -109,31 +148,49 @@ def kernels_bit_identical(search, dense):
     return True
 
 
-def run_model(name, args, train, steps, test, progress):
-    keras.utils.set_random_seed(0)
-    dense = compiled(MODELS[name](), keras.optimizers.Adam(PRETRAIN_LR))
-    began = time.perf_counter()
-    dense.fit(train, steps_per_epoch=steps, epochs=args.pretrain_epochs, verbose=0)
-    result = {"dense_accuracy": accuracy(dense, test), "pretrain_seconds": time.perf_counter() - began,
+def tuned(build, learning_rates, data, args):
+    """Runs `build(lr) -> (model, callbacks)` for each lr; keeps the best on validation data.
+
+    Returns (record of the chosen run with the whole grid, chosen model).
+    """
+    train, steps, validation, test = data
+    grid, models = {}, {}
+    for lr in learning_rates:
+        keras.utils.set_random_seed(1)
+        model, callbacks = build(lr)
+        accuracies, seconds = curve(model, train, test, steps, args.epochs, args.evals_per_epoch, callbacks)
+        grid[lr] = {"validation_accuracy": accuracy(model, validation), "accuracy": accuracies, "seconds": seconds}
+        models[lr] = model
+    best = max(grid, key=lambda lr: grid[lr]["validation_accuracy"])
+    record = {"learning_rate": best, **grid[best],
+              "grid": {str(lr): {"validation_accuracy": r["validation_accuracy"], "accuracy": r["accuracy"]}
+                       for lr, r in grid.items()}}
+    return record, models[best]
+
+
+def run_model(name, args, data, progress):
+    train, steps, _, test = data
+    dense, pretrain_seconds = pretrained(name, args, train, steps)
+    result = {"dense_accuracy": accuracy(dense, test), "pretrain_seconds": pretrain_seconds,
               "parameters": dense.count_params(), "sparsities": {}}
     progress.add(1)
     total_steps = steps // args.evals_per_epoch * args.evals_per_epoch * args.epochs
     for sparsity in args.sparsities:
-        runs = {}
-        searches = {}
+        runs, searches = {}, {}
         for key, init, restricted in (("c", "random", True), ("d", "magnitude", True), ("e", "magnitude", False)):
-            search = compiled(ts.lottery_jackpot(dense, sparsity, init=init, seed=0),
-                              ts.jackpot_optimizer(total_steps))
-            callbacks = [ts.callbacks.ShortRestriction()] if restricted else []
-            accuracies, seconds = curve(search, train, test, steps, args.epochs, args.evals_per_epoch, callbacks)
-            runs[key] = {"accuracy": accuracies, "seconds": seconds}
-            searches[key] = search
+            def search(lr, init=init, restricted=restricted):
+                model = compiled(ts.lottery_jackpot(dense, sparsity, init=init, seed=0),
+                                 ts.jackpot_optimizer(total_steps, learning_rate=lr))
+                return model, [ts.callbacks.ShortRestriction()] if restricted else []
+
+            runs[key], searches[key] = tuned(search, args.search_lrs, data, args)
             progress.add(1)
-        pruned = magnitude_pruned(dense, searches["d"])
-        fine_tune = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(FINETUNE_LR, total_steps), momentum=0.9)
-        compiled(pruned, fine_tune)
-        accuracies, seconds = curve(pruned, train, test, steps, args.epochs, args.evals_per_epoch)
-        runs["b"] = {"accuracy": accuracies, "seconds": seconds}
+
+        def fine_tune(lr):
+            optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, total_steps), momentum=0.9)
+            return compiled(magnitude_pruned(dense, searches["d"]), optimizer), []
+
+        runs["b"], _ = tuned(fine_tune, args.finetune_lrs, data, args)
         progress.add(1)
         d = searches["d"]
         kept = {layer.layer.name: int(np.sum(layer.masks[0].numpy())) for layer in d.layers
@@ -149,19 +206,29 @@ def run_model(name, args, train, steps, test, progress):
     return result
 
 
+def epochs_to_reach(curve, target, evals):
+    """First evaluation point (in epochs) where `curve` reaches `target`, or None."""
+    return next((i / evals for i, a in enumerate(curve) if a >= target), None)
+
+
 def goals(result, epochs, evals):
-    """The issue's goals, measured."""
-    points = [i / evals for i in range(epochs * evals + 1)]
+    """The issue's goals, measured: each method at its own chosen lr, and (c) vs (d) at equal lrs."""
     out = {}
     dense = result["dense_accuracy"]
     for sparsity, r in result["sparsities"].items():
         final = {k: run["accuracy"][-1] for k, run in r["runs"].items()}
-        reach = next((p for p, a in zip(points, r["runs"]["d"]["accuracy"]) if a >= final["c"]), None)
+        reach = epochs_to_reach(r["runs"]["d"]["accuracy"], final["c"], evals)
+        equal_lr = {}
+        for lr, c in r["runs"]["c"]["grid"].items():
+            at = epochs_to_reach(r["runs"]["d"]["grid"][lr]["accuracy"], c["accuracy"][-1], evals)
+            equal_lr[lr] = {"c_final": c["accuracy"][-1], "d_final": r["runs"]["d"]["grid"][lr]["accuracy"][-1],
+                            "d_epochs_to_reach_c_final": at, "within_a_third": at is not None and at <= epochs / 3}
         out[sparsity] = {
             "d_minus_dense_points": 100 * (final["d"] - dense),
             "d_within_1_point_of_dense_and_bit_identical": final["d"] >= dense - 0.01 and r["d_kernels_bit_identical"],
             "d_epochs_to_reach_c_final": reach,
             "d_reaches_c_final_in_a_third_of_the_epochs": reach is not None and reach <= epochs / 3,
+            "at_equal_learning_rates": equal_lr,
             "d_minus_e_points": 100 * (final["d"] - final["e"]),
             "d_minus_b_points": 100 * (final["d"] - final["b"]),
             "d_at_least_e_and_b": final["d"] >= final["e"] and final["d"] >= final["b"],
@@ -178,7 +245,8 @@ def plot(results, args, path):
         for ax, sparsity in zip(row, sparsities):
             r = result["sparsities"][sparsity]
             for key, style in (("b", "s--"), ("c", "^-"), ("d", "o-"), ("e", "x:")):
-                ax.plot(points, r["runs"][key]["accuracy"], style, label=f"({key}) {METHODS[key]}")
+                run = r["runs"][key]
+                ax.plot(points, run["accuracy"], style, label=f"({key}) {METHODS[key]}, lr {run['learning_rate']:g}")
             ax.axhline(result["dense_accuracy"], color="black", lw=0.8, label="dense")
             ax.axhline(r["a_accuracy"], color="grey", lw=0.8, ls="--", label="(a) magnitude, no retraining")
             ax.set_title(f"{name}, sparsity {sparsity}")
@@ -198,28 +266,35 @@ def main():
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--epochs", type=int, default=1, help="search / fine-tuning epochs (the budget)")
     parser.add_argument("--pretrain-epochs", type=int, default=5)
-    parser.add_argument("--train-examples", type=int, default=60000,
-                        help="examples per epoch, drawn from the shuffled 60k training set")
     parser.add_argument("--evals-per-epoch", type=int, default=6)
+    parser.add_argument("--search-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0],
+                        help="initial learning rates tried for (c), (d), (e); the reference uses 0.1")
+    parser.add_argument("--finetune-lrs", nargs="+", type=float, default=[0.01, 0.03, 0.1],
+                        help="initial learning rates tried for (b)")
+    parser.add_argument("--cache", help="directory to keep pre-trained weights in and reuse them from")
     args = parser.parse_args()
-    train, steps, test = datasets(args.train_examples)
+    data = datasets()
+    steps = data[1]
     progress = keras.utils.Progbar(len(args.models) * (1 + 4 * len(args.sparsities)), unit_name="run")
     began = time.perf_counter()
-    results = {name: run_model(name, args, train, steps, test, progress) for name in args.models}
+    results = {name: run_model(name, args, data, progress) for name in args.models}
     for result in results.values():
         result["goals"] = goals(result, args.epochs, args.evals_per_epoch)
     payload = {
         "recipe": {
-            "data": f"fashion_mnist: epochs of {steps * BATCH} examples drawn from the shuffled 60k training "
-                    f"set ({steps} steps of {BATCH}); full 10k test set",
-            "pretrain": f"Adam lr {PRETRAIN_LR}, {args.pretrain_epochs} epochs",
+            "data": f"fashion_mnist: {TRAIN_EXAMPLES} training images ({steps} steps of {BATCH} per epoch), the "
+                    f"other {60000 - TRAIN_EXAMPLES} held out to choose each method's learning rate; full 10k test "
+                    f"set for every reported accuracy",
+            "pretrain": f"Adam lr {PRETRAIN_LR}, {args.pretrain_epochs} epochs; BatchNormalization momentum "
+                        f"{BN_MOMENTUM} everywhere",
             "budget_epochs": args.epochs,
             "evaluations_per_epoch": args.evals_per_epoch,
             "a": "global magnitude threshold over the pruned kernels, classifier dense, no retraining",
-            "b": f"(a)'s mask fixed, all weights trained: SGD momentum 0.9, cosine lr from {FINETUNE_LR}",
-            "c_d_e": "tfsparse.lottery_jackpot (weight decay 5e-4 on the scores) + tfsparse.jackpot_optimizer "
-                     "(SGD momentum 0.9, cosine lr from 0.1 per step); (c), (d) with "
-                     "tfsparse.callbacks.ShortRestriction(rate=1.0)",
+            "b": f"(a)'s mask fixed, all weights trained: SGD momentum 0.9, cosine lr from one of "
+                 f"{args.finetune_lrs} (best on the held-out images)",
+            "c_d_e": f"tfsparse.lottery_jackpot (weight decay 5e-4 on the scores) + tfsparse.jackpot_optimizer "
+                     f"(SGD momentum 0.9, cosine lr per step from one of {args.search_lrs}, best on the held-out "
+                     f"images); (c), (d) with tfsparse.callbacks.ShortRestriction(rate=1.0)",
             "models": {"lenet5_caffe": "LeNet-5-Caffe", "vgg": f"VGG-style, conv config {list(VGG_CONFIG)}, BN, "
                        "global average pooling, Dense classifier"},
         },
@@ -233,7 +308,8 @@ def main():
     for name, result in results.items():
         print(f"\n{name}: dense {result['dense_accuracy']:.4f}")
         for sparsity, r in result["sparsities"].items():
-            finals = "  ".join(f"({k}) {run['accuracy'][-1]:.4f}" for k, run in sorted(r["runs"].items()))
+            finals = "  ".join(f"({k}) {run['accuracy'][-1]:.4f} (lr {run['learning_rate']:g})"
+                               for k, run in sorted(r["runs"].items()))
             print(f"  sparsity {sparsity}: (a) {r['a_accuracy']:.4f}  {finals}")
             print(f"    goals: {result['goals'][sparsity]}")
     print("wrote", path)

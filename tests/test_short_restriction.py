@@ -52,6 +52,18 @@ def test_unequal_candidates_leave_the_mask_unchanged():
     np.testing.assert_array_equal(_apply(scores, mask, 2, 1.0), mask)
 
 
+def test_rate_one_without_ties_is_top_k_of_the_scores():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        size = int(rng.integers(4, 200))
+        num_pruned = int(rng.integers(1, size))
+        scores = rng.permutation(size).astype("float32")  # distinct values
+        mask = np.zeros(size, "float32")
+        mask[rng.permutation(size)[: size - num_pruned]] = 1
+        top_k = (scores >= np.sort(scores)[num_pruned]).astype("float32")
+        np.testing.assert_array_equal(_apply(scores, mask, num_pruned, 1.0), top_k)
+
+
 @pytest.mark.parametrize("rate", [1.0, 0.5, 0.3, 0.0])
 def test_rule_matches_the_weight_by_weight_rule_and_keeps_counts(rate):
     rng = np.random.default_rng(1)

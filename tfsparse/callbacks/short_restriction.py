@@ -20,6 +20,12 @@ class ShortRestriction(keras.callbacks.Callback):
     `tfsparse.layers.scored.short_restriction`). Without this callback the
     masks simply follow the top-k of the scores.
 
+    When no two scores tie at the threshold, the two lists are always equally
+    long, so with `rate=1` the rule gives the top-k; it holds a layer's mask
+    still when several scores share the threshold value (e.g. scores that
+    have not moved from their 1.0 / 0.99 init, or of weights that get no
+    gradient). A rate below 1 is what makes the rule restrict changes.
+
     The rule runs inside the compiled training step, in each `Scored`
     layer, at the start of the next training call (i.e. right after the
     optimizer step), vectorised over the weights. This callback only turns

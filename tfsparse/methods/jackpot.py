@@ -33,8 +33,12 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     update their moving statistics, as in the reference code (setting a
     BatchNormalization layer's `trainable=False` would switch it to
     inference mode in Keras 3); the moving statistics are therefore the only
-    state besides the masks that differs from the pre-trained model. Keras
-    does not save the `trainable` flag of
+    state besides the masks that differs from the pre-trained model. Their
+    `momentum` is the model's: Keras' default 0.99 follows a changing mask
+    ten times more slowly than the reference's (PyTorch's 0.1, i.e. 0.9 in
+    Keras terms), which shows in evaluations early in a short search; set
+    `layer.momentum = 0.9` on the search model's BatchNormalization layers
+    to match the reference. Keras does not save the `trainable` flag of
     single variables: after `keras.saving.load_model` of a search in
     progress, call `freeze_weights(model)` again before resuming.
 
@@ -184,7 +188,11 @@ def jackpot_optimizer(steps, learning_rate=0.1, momentum=0.9):
 
     The learning rate decays per step (the reference decays it per epoch).
     Weight decay is not part of it: `lottery_jackpot(weight_decay=...)`
-    puts it on the scores, coupled with the momentum.
+    puts it on the scores, coupled with the momentum. The score gradient is
+    `g * w`, so the step a mask change needs depends on the weights' scale:
+    0.1 is the reference's value for CIFAR networks searched for 30 epochs;
+    for a search of one epoch on Fashion-MNIST, 0.3 did best (see
+    `benchmarks/jackpot.py`, which picks it on held-out data).
 
     Args:
         steps: total number of training steps of the search (> 0).
