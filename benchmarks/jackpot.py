@@ -96,11 +96,12 @@ def accuracy(model, test):
 def pretrained(name, args, train, steps):
     """The dense model, pre-trained (or loaded from `args.cache`)."""
     keras.utils.set_random_seed(0)
-    dense = compiled(with_bn_momentum(MODELS[name]()), keras.optimizers.Adam(PRETRAIN_LR))
+    dense = with_bn_momentum(MODELS[name]())
     path = args.cache and os.path.join(args.cache, f"jackpot_{name}_{args.pretrain_epochs}epochs.weights.h5")
     if path and os.path.exists(path):
-        dense.load_weights(path)
-        return dense, None
+        dense.load_weights(path)  # before compiling: the file's optimizer state is not needed
+        return compiled(dense, keras.optimizers.Adam(PRETRAIN_LR)), None
+    compiled(dense, keras.optimizers.Adam(PRETRAIN_LR))
     began = time.perf_counter()
     dense.fit(train, steps_per_epoch=steps, epochs=args.pretrain_epochs, verbose=0)
     seconds = time.perf_counter() - began
