@@ -64,6 +64,7 @@ METHODS = {
 
 
 def with_bn_momentum(model, momentum=BN_MOMENTUM):
+    """Sets the moving-statistics momentum of `model`'s BatchNormalization layers."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum

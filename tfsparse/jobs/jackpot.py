@@ -52,8 +52,8 @@ def run(args):
     steps = sum(1 for _ in train) * args.epochs
     # The loss includes the scores' weight decay; `task_loss` is the cross-entropy alone.
     task_loss = keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="task_loss")
-    search.compile(jackpot_optimizer(steps, learning_rate=args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy", task_loss])
+    search.compile(jackpot_optimizer(steps, learning_rate=args.lr),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy", task_loss])
     start = common.accuracy(search, test)
     history = search.fit(train, validation_data=test, epochs=args.epochs, verbose=common.fit_verbosity(),
                          callbacks=[callbacks.ShortRestriction(rate=args.rate)])
