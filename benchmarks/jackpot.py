@@ -156,18 +156,18 @@ def tuned(build, learning_rates, data, args):
     Returns (record of the chosen run with the whole grid, chosen model).
     """
     train, steps, validation, test = data
-    grid, models = {}, {}
+    grid, best, best_model = {}, None, None
     for lr in learning_rates:
         keras.utils.set_random_seed(1)
         model, callbacks = build(lr)
         accuracies, seconds = curve(model, train, test, steps, args.epochs, args.evals_per_epoch, callbacks)
         grid[lr] = {"validation_accuracy": accuracy(model, validation), "accuracy": accuracies, "seconds": seconds}
-        models[lr] = model
-    best = max(grid, key=lambda lr: grid[lr]["validation_accuracy"])
+        if best is None or grid[lr]["validation_accuracy"] > grid[best]["validation_accuracy"]:
+            best, best_model = lr, model
     record = {"learning_rate": best, **grid[best],
               "grid": {str(lr): {"validation_accuracy": r["validation_accuracy"], "accuracy": r["accuracy"]}
                        for lr, r in grid.items()}}
-    return record, models[best]
+    return record, best_model
 
 
 def run_model(name, args, data, progress):
