@@ -1,0 +1,72 @@
+"""The few private Keras names tfsparse relies on, each with the reason.
+
+Keras 3 offers no public way to do these things; keeping every private
+access here means a Keras upgrade that moves one breaks one function, and
+the rest of the package reads only public Keras API.
+"""
+
+import contextlib
+
+from keras.src.backend.common import global_state
+
+
+def producing_call(tensor):
+    """The node (layer call) of a functional graph that produced `tensor`.
+
+    Keras 3 has no public accessor for the call that produced a KerasTensor:
+    `_keras_history` (operation, node index, tensor index) and
+    `operation._inbound_nodes` are the links Keras' own Functional model
+    reads to run and serialize the graph. The public alternative,
+    `get_config()`, re-encodes the same links with node indices that are
+    offset for nested models.
+    """
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def direct_sublayers(layer):
+    """The layers `layer` tracks directly (not their own sublayers).
+
+    `Model.layers` covers models only; a plain layer lists the sublayers it
+    creates only through `_flatten_layers`.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+@contextlib.contextmanager
+def unlocked(model):
+    """Lets a built model's set of sublayers change inside the block.
+
+    Keras locks a built layer's tracker and offers no public way to swap a
+    sublayer; Keras itself unlocks it the same way while building.
+    """
+    locked = model._tracker.locked
+    model._tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            model._tracker.lock()
+
+
+def forget_sublayer(model, layer):
+    """Drops `layer` from the sublayers `model` tracks.
+
+    Keras' attribute tracking appends a layer assigned to an attribute but
+    keeps the one it replaces in `model._layers`; without this, its
+    variables would be listed twice.
+    """
+    if layer in model._layers:
+        model._layers.remove(layer)
+
+
+def call_context():
+    """The Keras call context of the running layer call, or None outside a call.
+
+    Its `entry_layer` is the outermost layer (usually the model) being
+    called: a layer inside a model has no other way to reach the model that
+    calls it. Keras keeps it per thread and makes a new one for each
+    outermost call, so each trace of a compiled step, each eager step and
+    each replica of a distribution strategy gets its own.
+    """
+    return global_state.get_global_attribute("current_call_ctx")
