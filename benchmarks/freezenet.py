@@ -3,7 +3,7 @@
 One recipe for every run: the same initial weights (drawn from `--seed` with
 `tfsparse.methods.reinitialize`, which FreezeNet and SNIP also use), the same
 single scoring batch, the same training batches in the same order, and
-`tfsparse.methods.freezenet_optimizer` (SGD with momentum 0.9, learning rate
+`tfsparse.optimizers.cosine_sgd(steps, weight_decay=5e-4)` (SGD with momentum 0.9, learning rate
 0.1 with cosine decay to 0, weight decay 5e-4), batch 100, `--epochs` epochs. SNIP keeps exactly the weights FreezeNet
 trains at the same rate (same k) and zeroes the rest; FreezeNet freezes them
 at their random init. The compression factor is the paper's: all parameters
@@ -56,7 +56,7 @@ def datasets(seed):
 
 def compile_model(model, steps):
     model.compile(
-        ts.methods.freezenet_optimizer(steps),
+        ts.optimizers.cosine_sgd(steps, weight_decay=5e-4),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -73,7 +73,7 @@ def train(model, epochs, seed):
 
 
 def kernel_size(model):
-    return sum(int(np.prod(w.shape)) for w in ts.scoring.prunable_weights(model).values())
+    return sum(int(np.prod(w.shape)) for w in ts.walk.prunable_weights(model).values())
 
 
 def run_model(arch, rates, epochs, seed, rounds, workdir, progress):
@@ -180,7 +180,7 @@ def main():
     payload = {
         "recipe": {
             "data": "fashion_mnist (60k train, 10k test)", "epochs": args.epochs, "batch_size": BATCH,
-            "optimizer": "tfsparse.methods.freezenet_optimizer: SGD momentum 0.9, lr 0.1 cosine decay to 0, "
+            "optimizer": "tfsparse.optimizers.cosine_sgd(steps, weight_decay=5e-4): SGD momentum 0.9, lr 0.1 cosine decay to 0, "
                          "weight decay 5e-4",
             "init": f"reinitialize(model, seed={args.seed}) for dense, SNIP and FreezeNet",
             "scoring": "one batch of 100 training examples, the same for SNIP and FreezeNet",

@@ -11,7 +11,7 @@ the same batches in the same order:
 (d) Lottery Jackpot, magnitude init, short restriction;
 (e) (d) without short restriction (plain top-k re-ranking of the scores).
 
-The searches use the reference recipe (`tfsparse.jackpot_optimizer`: SGD
+The searches use the reference recipe (`tfsparse.optimizers.cosine_sgd`: SGD
 momentum 0.9, cosine lr; weight decay 5e-4 on the scores). Each method's
 initial learning rate is chosen from a small grid (`--search-lrs` for (c)-(e),
 `--finetune-lrs` for (b)) by accuracy on the 10,000 held-out training images
@@ -182,7 +182,7 @@ def run_model(name, args, data, progress):
         for key, init, restricted in (("c", "random", True), ("d", "magnitude", True), ("e", "magnitude", False)):
             def search(lr, init=init, restricted=restricted):
                 model = compiled(ts.lottery_jackpot(dense, sparsity, init=init, seed=0),
-                                 ts.jackpot_optimizer(total_steps, learning_rate=lr))
+                                 ts.optimizers.cosine_sgd(total_steps, learning_rate=lr))
                 return model, [ts.callbacks.ShortRestriction()] if restricted else []
 
             runs[key], searches[key] = tuned(search, args.search_lrs, data, args)
@@ -294,7 +294,7 @@ def main():
             "a": "global magnitude threshold over the pruned kernels, classifier dense, no retraining",
             "b": f"(a)'s mask fixed, all weights trained: SGD momentum 0.9, cosine lr from one of "
                  f"{args.finetune_lrs} (best on the held-out images)",
-            "c_d_e": f"tfsparse.lottery_jackpot (weight decay 5e-4 on the scores) + tfsparse.jackpot_optimizer "
+            "c_d_e": f"tfsparse.lottery_jackpot (weight decay 5e-4 on the scores) + tfsparse.optimizers.cosine_sgd "
                      f"(SGD momentum 0.9, cosine lr per step from one of {args.search_lrs}, best on the held-out "
                      f"images); (c), (d) with tfsparse.callbacks.ShortRestriction(rate=1.0)",
             "models": {"lenet5_caffe": "LeNet-5-Caffe", "vgg": f"VGG-style, conv config {list(VGG_CONFIG)}, BN, "

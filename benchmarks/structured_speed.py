@@ -67,8 +67,8 @@ def unstructured(model, sparsity):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     for layer in copy.layers:
-        if ts.layers.is_prunable(layer):
-            for name in ts.layers.prunable_weight_names(layer):
+        if ts.registry.is_prunable(layer):
+            for name in ts.registry.prunable_weight_names(layer):
                 weight = next(w for w in layer.weights if w.name == name)
                 mask = ts.scoring.magnitude.topk_mask(keras.ops.abs(weight), sparsity)
                 weight.assign(weight * mask)
@@ -79,8 +79,8 @@ def kernel_sparsity(model):
     """Fraction of zero entries over the prunable kernels of `model`."""
     zeros = total = 0
     for layer in model.layers:
-        if ts.layers.is_prunable(layer):
-            for name in ts.layers.prunable_weight_names(layer):
+        if ts.registry.is_prunable(layer):
+            for name in ts.registry.prunable_weight_names(layer):
                 array = keras.ops.convert_to_numpy(next(w for w in layer.weights if w.name == name))
                 zeros, total = zeros + int(np.sum(array == 0)), total + array.size
     return zeros / total
@@ -88,8 +88,8 @@ def kernel_sparsity(model):
 
 def kernel_entries(model):
     return sum(
-        int(np.prod(w.shape)) for layer in model.layers if ts.layers.is_prunable(layer)
-        for w in layer.weights if w.name in ts.layers.prunable_weight_names(layer)
+        int(np.prod(w.shape)) for layer in model.layers if ts.registry.is_prunable(layer)
+        for w in layer.weights if w.name in ts.registry.prunable_weight_names(layer)
     )
 
 

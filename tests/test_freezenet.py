@@ -62,7 +62,7 @@ def test_mask_is_chosen_at_the_init_the_seed_reproduces():
     before = [w.copy() for w in model.get_weights()]
     frozen = ts.freezenet(model, 0.8, (x, y), seed=42)
     seeded = ts.methods.reinitialize(_model(), 42)
-    scores = ts.scoring.snip(seeded, (x, y))
+    scores = ts.scoring.snip_saliency(seeded, (x, y))
     n = sum(int(s.shape.num_elements()) for s in scores.values())
     k = math.ceil(round(0.2 * n, 9))
     masks = ts.scoring.global_topk_masks(list(scores.values()), (n - k) / n)

@@ -88,7 +88,7 @@ def test_search_starts_from_the_given_pretrained_weights_and_magnitude_mask():
 @pytest.mark.parametrize(
     "optimizer",
     [
-        lambda: ts.jackpot_optimizer(steps=8),
+        lambda: ts.optimizers.cosine_sgd(steps=8),
         lambda: keras.optimizers.Adam(0.05),
         lambda: keras.optimizers.AdamW(0.05, weight_decay=0.1),
     ],
@@ -206,7 +206,7 @@ def test_save_load_and_freeze_weights_resume_the_search(tmp_path):
 
 
 def test_jackpot_optimizer_is_sgd_momentum_with_cosine_learning_rate():
-    optimizer = ts.jackpot_optimizer(steps=100)
+    optimizer = ts.optimizers.cosine_sgd(steps=100)
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == 0.9
     schedule = keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
@@ -252,5 +252,5 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="already holds tfsparse wrappers"):
         ts.lottery_jackpot(ts.lottery_jackpot(model, 0.5), 0.5)
     with pytest.raises(ValueError, match="steps"):
-        ts.jackpot_optimizer(steps=0)
+        ts.optimizers.cosine_sgd(steps=0)
 

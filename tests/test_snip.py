@@ -42,7 +42,7 @@ def _expected(model, batches):
 def test_scores_are_weight_times_gradient_of_kernels_only():
     model = _model()
     x, y = _data()
-    scores = ts.scoring.snip(model, (x, y))
+    scores = ts.scoring.snip_saliency(model, (x, y))
     assert list(scores) == ["conv/kernel", "hidden/kernel", "logits/kernel"]
     for got, want in zip(scores.values(), _expected(model, [(x, y)])):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-9)
@@ -54,7 +54,7 @@ def test_scores_average_the_gradient_over_batches_and_change_no_variable():
     x, y = _data(32)
     before = [v.numpy().copy() for v in model.variables]
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    scores = ts.scoring.snip(model, dataset, batches=3)
+    scores = ts.scoring.snip_saliency(model, dataset, batches=3)
     for v, value in zip(model.variables, before):
         np.testing.assert_array_equal(v.numpy(), value)
     want = _expected(model, [(x[i:i + 8], y[i:i + 8]) for i in (0, 8, 16)])
@@ -66,10 +66,10 @@ def test_compiled_loss_and_named_loss_are_used():
     model = _model()
     x, y = _data()
     onehot = keras.utils.to_categorical(y, 3)
-    mse = ts.scoring.snip(model, (x, onehot), loss="mean_squared_error")
+    mse = ts.scoring.snip_saliency(model, (x, onehot), loss="mean_squared_error")
     model.compile("sgd", loss=keras.losses.MeanSquaredError())
-    compiled = ts.scoring.snip(model, (x, onehot))
-    default = ts.scoring.snip(_model(), (x, y))
+    compiled = ts.scoring.snip_saliency(model, (x, onehot))
+    default = ts.scoring.snip_saliency(_model(), (x, y))
     for a, b in zip(mse.values(), compiled.values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-9)
     assert set(default) == set(mse)
@@ -78,7 +78,7 @@ def test_compiled_loss_and_named_loss_are_used():
 def test_snip_pruning_keeps_exact_global_top_k_and_zeroes_the_rest_through_adamw():
     model = _model()
     x, y = _data()
-    scores = ts.scoring.snip(model, (x, y))
+    scores = ts.scoring.snip_saliency(model, (x, y))
     pruned = ts.snip(model, 0.8, (x, y))
     layers = [layer for layer in pruned.layers if isinstance(layer, Masked)]
     assert [layer.layer.name for layer in layers] == ["conv", "hidden", "logits"]
@@ -102,7 +102,7 @@ def test_snip_with_a_seed_scores_the_seeded_init():
     x, y = _data()
     pruned = ts.snip(_model(), 0.5, (x, y), seed=11)
     seeded = ts.methods.reinitialize(_model(), 11)
-    masks = ts.scoring.global_topk_masks(list(ts.scoring.snip(seeded, (x, y)).values()), 0.5)
+    masks = ts.scoring.global_topk_masks(list(ts.scoring.snip_saliency(seeded, (x, y)).values()), 0.5)
     layers = [layer for layer in pruned.layers if isinstance(layer, Masked)]
     for layer, mask, name in zip(layers, masks, ("conv", "hidden", "logits")):
         np.testing.assert_array_equal(layer.masks[0].numpy(), mask.numpy())
@@ -114,19 +114,19 @@ def test_bad_arguments_are_named():
     x, y = _data(16)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(ValueError, match="batches"):
-        ts.scoring.snip(model, (x, y), batches=0)
+        ts.scoring.snip_saliency(model, (x, y), batches=0)
     with pytest.raises(ValueError, match="batches"):
-        ts.scoring.snip(model, (x, y), batches=2)
+        ts.scoring.snip_saliency(model, (x, y), batches=2)
     with pytest.raises(ValueError, match="gave 2 batches"):
-        ts.scoring.snip(model, dataset, batches=3)
+        ts.scoring.snip_saliency(model, dataset, batches=3)
     with pytest.raises(TypeError, match="data"):
-        ts.scoring.snip(model, 5)
+        ts.scoring.snip_saliency(model, 5)
     with pytest.raises(TypeError, match="loss"):
-        ts.scoring.snip(model, (x, y), loss=3)
+        ts.scoring.snip_saliency(model, (x, y), loss=3)
     with pytest.raises(ValueError, match="sparsity"):
         ts.snip(model, 1.0, (x, y))
     with pytest.raises(TypeError, match="sparsity"):
         ts.snip(model, "0.5", (x, y))
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Flatten()])
     with pytest.raises(ValueError, match="no prunable weight"):
-        ts.scoring.snip(plain, (np.ones((2, 3)), np.zeros(2)))
+        ts.scoring.snip_saliency(plain, (np.ones((2, 3)), np.zeros(2)))

@@ -1,8 +1,9 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
-from tfsparse import callbacks, data, export, layers, models, schedules, scoring, surgery
-from tfsparse.methods import freezenet, jackpot_optimizer, lottery_jackpot, prune_low_magnitude, snip
-from tfsparse.summary import summary
+from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
+from tfsparse.methods import freezenet, lottery_jackpot, prune_low_magnitude, snip
+from tfsparse.model_summary import summary
+from tfsparse.registry import register_layer
 from tfsparse.surgery import strip
 
 strip_pruning = strip
@@ -14,11 +15,13 @@ __all__ = [
     "data",
     "export",
     "freezenet",
-    "jackpot_optimizer",
     "layers",
     "lottery_jackpot",
     "models",
+    "optimizers",
     "prune_low_magnitude",
+    "register_layer",
+    "registry",
     "schedules",
     "scoring",
     "snip",
@@ -26,4 +29,5 @@ __all__ = [
     "strip_pruning",
     "summary",
     "surgery",
+    "walk",
 ]

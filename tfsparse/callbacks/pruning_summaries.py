@@ -7,9 +7,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfsparse.callbacks.update_pruning_step import scheduled_layers
-from tfsparse.layers.wrapper import ParametrizedWrapper
-from tfsparse.summary import named_layers
+from tfsparse.walk import wrappers
 
 # `tf.summary.scalar` needs the tensorboard package installed; `tf.summary.write`
 # with the metadata of TensorBoard's scalars plugin writes the same events
@@ -28,9 +26,10 @@ class PruningSummaries(keras.callbacks.Callback):
 
     - `sparsity/<layer path>/<weight>`: the fraction of zeros in each
       prunable weight's *effective* value (any tfsparse wrapper);
-    - `target_sparsity/<layer path>`: the sparsity the schedule of each
-      scheduled `tfsparse.layers.Masked` layer asks for at its current
-      pruning step (`m / n` for m-by-n sparsity).
+    - `target_sparsity/<layer path>`: the sparsity each wrapper is asked
+      to reach now (`target_sparsity()`: for a scheduled
+      `tfsparse.layers.Masked` layer, its schedule at the current pruning
+      step, `m / n` for m-by-n sparsity).
 
     The events go to `log_dir` itself, so a `keras.callbacks.TensorBoard`
     writing losses to the same directory shows beside them. Unlike TFMOT's
@@ -72,16 +71,13 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        self._wrappers = [
-            (path, layer) for path, layer in named_layers(self.model) if isinstance(layer, ParametrizedWrapper)
-        ]
+        self._wrappers = wrappers(self.model)
         if not self._wrappers:
             raise ValueError(
                 f"PruningSummaries found no tfsparse wrapper in model {self.model.name!r}: "
                 f"there is no sparsity to log. Wrap the model first, e.g. with "
                 f"`tfsparse.prune_low_magnitude`."
             )
-        self._scheduled = scheduled_layers(self.model)
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -93,8 +89,10 @@ class PruningSummaries(keras.callbacks.Callback):
                     array = keras.ops.convert_to_numpy(value)
                     zeros = 1.0 - np.count_nonzero(array) / array.size
                     _scalar(f"sparsity/{path}/{name}", zeros, epoch)
-            for path, layer in self._scheduled:
-                _scalar(f"target_sparsity/{path}", _target(layer), epoch)
+            for path, layer in self._wrappers:
+                target = layer.target_sparsity()
+                if target is not None:
+                    _scalar(f"target_sparsity/{path}", target, epoch)
         self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -111,10 +109,3 @@ class PruningSummaries(keras.callbacks.Callback):
 
 def _scalar(tag, value, step):
     tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=_SCALAR)
-
-
-def _target(layer):
-    if layer.sparsity_m_by_n:
-        m, n = layer.sparsity_m_by_n
-        return m / n
-    return layer.pruning_schedule.sparsity(layer.pruning_step)

@@ -5,7 +5,7 @@ import numbers
 import keras
 
 from tfsparse.layers.scored import Scored
-from tfsparse.summary import named_layers
+from tfsparse.walk import named_layers
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -52,7 +52,7 @@ class ShortRestriction(keras.callbacks.Callback):
     Example:
 
     >>> search = tfsparse.lottery_jackpot(pretrained, sparsity=0.9)
-    >>> search.compile(tfsparse.jackpot_optimizer(steps=10 * len(train_ds)), loss, metrics=["accuracy"])
+    >>> search.compile(tfsparse.optimizers.cosine_sgd(steps=10 * len(train_ds)), loss, metrics=["accuracy"])
     >>> search.fit(train_ds, epochs=10, callbacks=[tfsparse.callbacks.ShortRestriction(rate=1.0)])
     """
 

@@ -2,17 +2,7 @@
 
 import keras
 
-from tfsparse.layers.masked import Masked
-from tfsparse.summary import named_layers
-
-
-def scheduled_layers(model):
-    """Returns `[(path, layer)]` for the `Masked` layers of `model` that have a schedule."""
-    return [
-        (path, layer)
-        for path, layer in named_layers(model)
-        if isinstance(layer, Masked) and layer.pruning_schedule is not None
-    ]
+from tfsparse.walk import wrappers
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -39,7 +29,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
-        if not scheduled_layers(self.model):
+        if not any(layer.target_sparsity() is not None for _, layer in wrappers(self.model)):
             raise ValueError(
                 f"UpdatePruningStep found no layer to prune in model {self.model.name!r}: it "
                 f"holds no tfsparse.layers.Masked layer with a pruning schedule. Wrap the model "

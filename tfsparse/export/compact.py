@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tfsparse.export.saved_model import check_model
 from tfsparse.layers.frozen import GENERATOR, GENERATOR_VERSION, Frozen
-from tfsparse.summary import named_layers
+from tfsparse.walk import named_layers
 
 MAGIC = b"TFSPCMPT"
 FORMAT_VERSION = 1

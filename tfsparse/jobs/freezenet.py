@@ -7,11 +7,11 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import export, scoring, summary  # noqa: E402
+from tfsparse import export, summary, walk  # noqa: E402
+from tfsparse.optimizers import cosine_sgd  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods.freezenet import (  # noqa: E402
     freezenet,
-    freezenet_optimizer,
     reinitialize,
     snip,
     trainable_count,
@@ -36,7 +36,7 @@ def run(args):
     batch = tuple(np.asarray(t) for t in next(iter(train)))  # the one scoring batch of SNIP and FreezeNet
 
     def fit(model):
-        model.compile(freezenet_optimizer(steps), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        model.compile(cosine_sgd(steps, weight_decay=5e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         model.fit(train, epochs=args.epochs, verbose=common.fit_verbosity())
         return common.accuracy(model, test)
@@ -45,7 +45,7 @@ def run(args):
     print(f"\nTraining dense {args.model} on {args.data} for {args.epochs} epochs (weights drawn from seed {args.seed})")
     dense = reinitialize(build(shape, classes), args.seed)
     parameters = dense.count_params()
-    weights = sum(int(np.prod(w.shape)) for w in scoring.prunable_weights(dense).values())
+    weights = sum(int(np.prod(w.shape)) for w in walk.prunable_weights(dense).values())
     rows = [{"model": "dense", "freeze rate": 0.0, "compression": 1.0, "trained": parameters,
              "test accuracy": fit(dense)}]
     plain = keras.models.clone_model(dense)  # the trained weights without optimizer state, like the compact file

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tfsparse import callbacks, strip, summary  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.layers.scored import INITS, Scored  # noqa: E402
-from tfsparse.methods.jackpot import jackpot_optimizer, lottery_jackpot  # noqa: E402
+from tfsparse.methods.jackpot import lottery_jackpot  # noqa: E402
+from tfsparse.optimizers import cosine_sgd  # noqa: E402
 
 HELP = "find a sparse sub-network of a pre-trained model without training its weights (Lottery Jackpots)"
 
@@ -52,7 +53,7 @@ def run(args):
     steps = sum(1 for _ in train) * args.epochs
     # The loss includes the scores' weight decay; `task_loss` is the cross-entropy alone.
     task_loss = keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="task_loss")
-    search.compile(jackpot_optimizer(steps, learning_rate=args.lr),
+    search.compile(cosine_sgd(steps, learning_rate=args.lr),
                    keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy", task_loss])
     start = common.accuracy(search, test)
     history = search.fit(train, validation_data=test, epochs=args.epochs, verbose=common.fit_verbosity(),

@@ -2,8 +2,7 @@
 
 from tfsparse.layers.frozen import Frozen
 from tfsparse.layers.masked import Masked
-from tfsparse.layers.prunable import SUPPORTED_LAYERS, is_prunable, prunable_weight_names
 from tfsparse.layers.scored import Scored
 from tfsparse.layers.wrapper import ParametrizedWrapper
 
-__all__ = ["Frozen", "Masked", "ParametrizedWrapper", "SUPPORTED_LAYERS", "Scored", "is_prunable", "prunable_weight_names"]
+__all__ = ["Frozen", "Masked", "ParametrizedWrapper", "Scored"]

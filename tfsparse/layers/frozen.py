@@ -7,7 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsparse.checks import check_seed
 from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.registry import initializer_of
+from tfsparse.walk import weight_named
 
 # The generator that draws initial values: each layer's own Keras initializer,
 # reseeded with a seed derived from (model seed, layer path, weight name).
@@ -18,7 +21,6 @@ from tfsparse.layers.wrapper import ParametrizedWrapper
 # whenever the derivation changes.
 GENERATOR = "keras-initializer/stateless"
 GENERATOR_VERSION = 1
-SEED_LIMIT = 2**32
 
 # Initializers that take no seed because they draw nothing.
 _DETERMINISTIC = (
@@ -27,20 +29,6 @@ _DETERMINISTIC = (
     keras.initializers.Constant,
     keras.initializers.Identity,
 )
-
-
-def check_seed(seed, name="seed"):
-    """Returns `seed` as an int after checking it is a 32-bit unsigned integer.
-
-    Raises:
-        TypeError: if `seed` is not an integer.
-        ValueError: if it is outside `[0, 2**32)`.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"Argument `{name}` must be an integer, received: {seed!r} (of type {type(seed).__name__}).")
-    if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"Argument `{name}` must be in [0, 2**32), received: {seed}.")
-    return int(seed)
 
 
 def derive_seed(seed, path, name):
@@ -59,23 +47,6 @@ def derive_seed(seed, path, name):
     """
     key = json.dumps([GENERATOR, GENERATOR_VERSION, check_seed(seed), str(path), str(name)])
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "little")
-
-
-def initializer_of(layer, name):
-    """Returns the Keras initializer of weight `name` of `layer`, or None.
-
-    Looks for the attribute `<name>_initializer`, then the Keras spellings
-    of kernels (`depthwise_kernel` -> `depthwise_initializer`, the `kernel`
-    of depthwise convolutions -> `depthwise_initializer`).
-    """
-    candidates = (f"{name}_initializer", f"{name.removesuffix('_kernel')}_initializer")
-    if name == "kernel":
-        candidates += ("depthwise_initializer",)
-    for attribute in candidates:
-        initializer = getattr(layer, attribute, None)
-        if initializer is not None:
-            return keras.initializers.get(initializer)
-    return None
 
 
 def initial_value(layer, name, seed, path):
@@ -102,12 +73,7 @@ def initial_value(layer, name, seed, path):
     >>> bool(ops.all(w == initial_value(dense, "kernel", seed=7, path="dense")))
     True
     """
-    weight = {w.name: w for w in layer.weights}.get(name)
-    if weight is None:
-        raise ValueError(
-            f"Layer {layer.name!r} has no weight named {name!r}; it has "
-            f"{[w.name for w in layer.weights]}."
-        )
+    weight = weight_named(layer, name)
     initializer = initializer_of(layer, name)
     if initializer is None:
         raise ValueError(
@@ -133,6 +99,13 @@ def fingerprint(value):
     digest = hashlib.sha256(json.dumps([str(array.dtype), list(array.shape)]).encode())
     digest.update(np.ascontiguousarray(little).tobytes())
     return digest.hexdigest()
+
+
+def _compression(row):
+    if row.get("frozen") is None:
+        return None
+    stored = row["parameters"] - row["frozen"]
+    return row["parameters"] / stored if stored else None
 
 
 @keras.ops.custom_gradient
@@ -173,7 +146,7 @@ class Frozen(ParametrizedWrapper):
     FLOPs.
 
     Args:
-        layer: the layer to wrap (a type from `tfsparse.layers.SUPPORTED_LAYERS`).
+        layer: the layer to wrap (a type with prunable weights, see `tfsparse.register_layer`).
         seed: the model seed, an integer in `[0, 2**32)`.
         layer_path: the layer's path in its model (e.g. `"block1/conv"`);
             part of every weight's derived seed. Defaults to the layer's name.
@@ -276,6 +249,11 @@ class Frozen(ParametrizedWrapper):
         trained = sum(int(np.sum(keras.ops.convert_to_numpy(m))) for m in self.masks)
         total = sum(int(np.prod(m.shape)) for m in self.masks)
         return {"trained": trained, "frozen": total - trained}
+
+    @classmethod
+    def summary_ratios(cls):
+        """`{"compression": ...}`: all parameters over those trained and stored (FreezeNet's factor)."""
+        return {"compression": _compression}
 
     def get_config(self):
         config = super().get_config()

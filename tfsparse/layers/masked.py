@@ -245,6 +245,15 @@ class Masked(ParametrizedWrapper):
             )
         return members
 
+    def target_sparsity(self):
+        """The schedule's sparsity at the current pruning step (`m / n` for m-by-n), or None without a schedule."""
+        if self.pruning_schedule is None:
+            return None
+        if self.sparsity_m_by_n:
+            m, n = self.sparsity_m_by_n
+            return m / n
+        return float(self.pruning_schedule.sparsity(self.pruning_step))
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -38,7 +38,7 @@ class Scored(ParametrizedWrapper):
     and a custom training loop needs no extra call.
 
     Args:
-        layer: the layer to wrap (see `tfsparse.layers.SUPPORTED_LAYERS`).
+        layer: the layer to wrap (a type with prunable weights, see `tfsparse.register_layer`).
         sparsity: fraction of each prunable weight to prune, in [0, 1]: one
             number, or a list with one per prunable weight of the layer.
         init: `"magnitude"` (the largest-magnitude weights are kept; their

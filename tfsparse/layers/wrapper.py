@@ -2,7 +2,7 @@
 
 import keras
 
-from tfsparse.layers.prunable import prunable_weight_names
+from tfsparse.registry import prunable_weight_names
 
 
 class ParametrizedWrapper(keras.layers.Wrapper):
@@ -24,11 +24,15 @@ class ParametrizedWrapper(keras.layers.Wrapper):
       run once per call before the effective weights are computed (a step
       counter, a scheduled mask update).
     - optionally `summary_fields()`: extra per-layer figures that
-      `tfsparse.summary` shows as columns (e.g. frozen weights).
+      `tfsparse.summary` shows as columns (e.g. frozen weights), and
+      `summary_ratios()`: columns derived from a row (e.g. a compression
+      factor).
+    - optionally `target_sparsity()`: the sparsity the wrapper is asked to
+      reach now, which `tfsparse.callbacks.PruningSummaries` logs.
 
     Args:
-        layer: the Keras layer to wrap. Must be one of the supported types
-            (see `tfsparse.layers.SUPPORTED_LAYERS`).
+        layer: the Keras layer to wrap, of a type with prunable weights in
+            the layer registry (see `tfsparse.register_layer`).
         **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
     """
 
@@ -76,6 +80,20 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     def summary_fields(self):
         """Returns `{column name: number}` for `tfsparse.summary`; none by default."""
         return {}
+
+    @classmethod
+    def summary_ratios(cls):
+        """Returns `{column name: function(row)}` for `tfsparse.summary`; none by default.
+
+        Each function maps a summary row (a dict of its columns, the total
+        row included) to a number or None; use it for figures that are not
+        sums, such as ratios.
+        """
+        return {}
+
+    def target_sparsity(self):
+        """Returns the sparsity this layer is asked to reach now, or None if it has no target."""
+        return None
 
     def effective_weights(self, training=False):
         """Returns `{weight name: effective tensor}` for every prunable weight."""

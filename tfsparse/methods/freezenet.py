@@ -2,18 +2,15 @@
 
 import fractions
 import math
-import numbers
-import random
 
 import keras
 
-from tfsparse import scoring
-from tfsparse.layers.frozen import Frozen, check_seed, initial_value, initializer_of
+from tfsparse import checks, scoring
+from tfsparse.layers.frozen import Frozen, initial_value
 from tfsparse.layers.masked import Masked
-from tfsparse.layers.prunable import is_prunable
-from tfsparse.layers.wrapper import ParametrizedWrapper
-from tfsparse.summary import named_layers
+from tfsparse.registry import initializer_of, is_prunable
 from tfsparse.surgery.clone import copy_layer, transform_layers
+from tfsparse.walk import check_unwrapped, named_layers
 
 
 def reinitialize(model, seed):
@@ -45,7 +42,7 @@ def reinitialize(model, seed):
     >>> all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
     True
     """
-    seed = check_seed(seed)
+    seed = checks.check_seed(seed)
     _check_plain(model)
     copy = transform_layers(model, copy_layer)
     for path, layer in named_layers(copy):
@@ -93,7 +90,7 @@ def freezenet(model, freeze_rate, data, seed=None, batches=1, loss=None):
         freeze_rate: fraction of kernel weights to freeze, in `[0, 1]`.
         data: batches to score with: a `tf.data.Dataset`, an iterable of
             `(x, y)` batches, or one `(x, y)` tuple (see
-            `tfsparse.scoring.snip`).
+            `tfsparse.scoring.snip_saliency`).
         seed: the model seed, an integer in `[0, 2**32)`; `None` draws one
             from Python's `random` (seeded by `keras.utils.set_random_seed`).
             It is recorded in every `Frozen` layer.
@@ -116,42 +113,14 @@ def freezenet(model, freeze_rate, data, seed=None, batches=1, loss=None):
     >>> model.fit(train_ds, epochs=5)
     >>> tfsparse.export.save_compact(model, "lenet5.tfsparse")
     """
-    _check_rate(freeze_rate, "freeze_rate", maximum_included=True)
-    seed = random.getrandbits(32) if seed is None else check_seed(seed)
+    checks.check_fraction(freeze_rate, "freeze_rate", include_one=True)
+    seed = checks.resolve_seed(seed)
     base = reinitialize(model, seed)
-    scores = scoring.snip(base, data, batches=batches, loss=loss)
+    scores = scoring.snip_saliency(base, data, batches=batches, loss=loss)
     size = sum(int(s.shape.num_elements()) for s in scores.values())
     pruned = (size - trainable_count(freeze_rate, size)) / size
     masks = dict(zip(scores, scoring.global_topk_masks(list(scores.values()), pruned)))
     return _wrap(base, masks, lambda layer, path: Frozen(layer, seed=seed, layer_path=path))
-
-
-def freezenet_optimizer(steps, learning_rate=0.1, momentum=0.9, weight_decay=5e-4):
-    """The reference optimizer of FreezeNet and SNIP runs: SGD with cosine decay.
-
-    The paper's MNIST recipe (SGD, momentum 0.9, learning rate 0.1, weight
-    decay 5e-4), with the learning rate decayed to 0 along a cosine over
-    `steps` instead of dropped tenfold every 25k steps, to fit short runs.
-    Weight decay is decoupled; it moves only what the effective weights
-    use (see `tfsparse.layers.Frozen`).
-
-    Args:
-        steps: total training steps (epochs x batches per epoch).
-        learning_rate: initial learning rate.
-        momentum: SGD momentum.
-        weight_decay: decoupled weight decay.
-
-    Returns:
-        A `keras.optimizers.SGD`.
-
-    Example:
-
-    >>> model.compile(tfsparse.methods.freezenet_optimizer(epochs * len(train_ds)), loss)
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"Argument `steps` must be a positive integer, received: {steps!r}.")
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-    return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay)
 
 
 def snip(model, sparsity, data, batches=1, loss=None, seed=None):
@@ -159,7 +128,7 @@ def snip(model, sparsity, data, batches=1, loss=None, seed=None):
 
     Lee et al., "SNIP: Single-shot Network Pruning based on Connection
     Sensitivity" (ICLR 2019). Every kernel weight is scored by
-    `|w * dL/dw|` (`tfsparse.scoring.snip`) at the model's current weights,
+    `|w * dL/dw|` (`tfsparse.scoring.snip_saliency`) at the model's current weights,
     or at the init drawn from `seed`; the lowest `round(sparsity * n)` of
     all `n` kernel weights, globally, are pruned (exact top-k, as in
     `tfsparse.prune_low_magnitude`). Pruned weights are exactly zero in
@@ -170,7 +139,7 @@ def snip(model, sparsity, data, batches=1, loss=None, seed=None):
     Args:
         model: a built, plain Keras model.
         sparsity: fraction of kernel weights to prune, in `[0, 1)`.
-        data: batches to score with (see `tfsparse.scoring.snip`).
+        data: batches to score with (see `tfsparse.scoring.snip_saliency`).
         batches: number of batches to average the saliency over.
         loss: loss for scoring; defaults to the compiled loss, else sparse
             categorical cross-entropy on logits.
@@ -191,13 +160,13 @@ def snip(model, sparsity, data, batches=1, loss=None, seed=None):
     >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> pruned.fit(x, y, epochs=5)
     """
-    _check_rate(sparsity, "sparsity", maximum_included=False)
+    checks.check_fraction(sparsity, "sparsity")
     if seed is None:
         _check_plain(model)
         base = transform_layers(model, copy_layer)
     else:
         base = reinitialize(model, seed)
-    scores = scoring.snip(base, data, batches=batches, loss=loss)
+    scores = scoring.snip_saliency(base, data, batches=batches, loss=loss)
     masks = dict(zip(scores, scoring.global_topk_masks(list(scores.values()), sparsity)))
     return _wrap(base, masks, lambda layer, path: Masked(layer))
 
@@ -218,22 +187,9 @@ def _wrap(model, masks, make_wrapper):
     return transform_layers(model, wrap)
 
 
-def _check_rate(value, name, maximum_included):
-    interval = "[0, 1]" if maximum_included else "[0, 1)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{name}` must be a number in {interval}, received: {value!r}.")
-    if not (0 <= value <= 1 if maximum_included else 0 <= value < 1):
-        raise ValueError(f"Argument `{name}` must be a number in {interval}, received: {value!r}.")
-
-
 def _check_plain(model):
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Argument `model` must be a keras.Model, received: {model!r} (of type {type(model).__name__})."
         )
-    wrapped = [layer.name for _, layer in named_layers(model) if isinstance(layer, ParametrizedWrapper)]
-    if wrapped:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) already holds tfsparse wrappers ({', '.join(wrapped)}); "
-            f"pass a plain model, e.g. `tfsparse.strip(model)`."
-        )
+    check_unwrapped(model)

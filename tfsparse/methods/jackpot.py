@@ -3,17 +3,15 @@
 Zhang, Lin et al., "Lottery Jackpots Exist in Pre-trained Models" (TPAMI 2023).
 """
 
-import random
-
 import keras
 import tensorflow as tf
 
-from tfsparse.layers.prunable import SUPPORTED_LAYERS, is_prunable, prunable_weight_names
+from tfsparse import checks
 from tfsparse.layers.scored import INITS, Scored
-from tfsparse.layers.wrapper import ParametrizedWrapper
-from tfsparse.methods.magnitude import _leaf_layers
+from tfsparse.registry import is_prunable, prunable_layer_types, prunable_weight_names
 from tfsparse.scoring import magnitude
 from tfsparse.surgery.clone import copy_layer, transform_layers
+from tfsparse.walk import check_unwrapped, leaf_layers, weight_named
 
 
 def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_decay=5e-4, seed=None):
@@ -43,7 +41,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     progress, call `freeze_weights(model)` again before resuming.
 
     The default recipe, as in the reference: SGD with momentum 0.9 and a
-    cosine learning rate from 0.1 (`jackpot_optimizer`), weight decay 5e-4
+    cosine learning rate from 0.1 (`tfsparse.optimizers.cosine_sgd`), weight decay 5e-4
     on the scores coupled with the momentum (a `keras.regularizers.L2` on
     the scores, so the logged loss includes it), the plain task loss, and
     `tfsparse.callbacks.ShortRestriction()`. Each part can be replaced: any
@@ -62,7 +60,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             `None` keeps the last prunable layer (the classifier) dense; `()`
             prunes every prunable layer.
         weight_decay: coupled weight decay on the scores (>= 0).
-        seed: integer seed of the random init; `None` draws one (it is
+        seed: integer seed of the random init, in `[0, 2**32)`; `None` draws one (it is
             stored in each layer's config).
 
     Returns:
@@ -72,12 +70,13 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     Raises:
         ValueError: for a sparsity out of range, an unknown `init`, unknown
             names in `exclude`, or a model with nothing left to prune.
-        TypeError: if `model` is not a keras.Model or `seed` not an int.
+        TypeError: if `model` is not a keras.Model, `sparsity` not a number
+            or `seed` not an int.
 
     Example:
 
     >>> search = tfsparse.lottery_jackpot(pretrained, sparsity=0.9)
-    >>> search.compile(tfsparse.jackpot_optimizer(steps=10 * len(train_ds)),
+    >>> search.compile(tfsparse.optimizers.cosine_sgd(steps=10 * len(train_ds)),
     ...                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     ...                metrics=["accuracy"])
     >>> search.fit(train_ds, epochs=10, callbacks=[tfsparse.callbacks.ShortRestriction()])
@@ -87,24 +86,14 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
         raise TypeError(
             f"Argument `model` must be a keras.Model, received: {model!r} (of type {type(model).__name__})."
         )
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"Argument `sparsity` must be a number in [0, 1), received: {sparsity!r}.")
+    sparsity = checks.check_fraction(sparsity, "sparsity")
     if init not in INITS:
         raise ValueError(f"Argument `init` must be one of {INITS}, received: {init!r}.")
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"Argument `weight_decay` must be a number >= 0, received: {weight_decay!r}.")
-    if seed is None:
-        seed = random.randrange(2**31 - 1)
-    elif not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"Argument `seed` must be an int or None, received: {seed!r}.")
-
-    wrapped = [layer.name for layer in _leaf_layers(model) if isinstance(layer, ParametrizedWrapper)]
-    if wrapped:
-        raise ValueError(
-            f"Argument `model` already holds tfsparse wrappers ({wrapped}); pass the plain "
-            f"pre-trained model (e.g. `tfsparse.strip_pruning(model)`)."
-        )
-    prunable = [layer for layer in _leaf_layers(model) if is_prunable(layer)]
+    seed = checks.resolve_seed(seed)
+    check_unwrapped(model)
+    prunable = [layer for layer in leaf_layers(model) if is_prunable(layer)]
     names = [layer.name for layer in prunable]
     if exclude is None:
         excluded = set(names[-1:])
@@ -121,7 +110,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
         raise ValueError(
             f"Argument `model` ({model.name!r}) has no prunable layer left to search "
             f"(prunable: {names}, excluded: {sorted(excluded)}). Supported layer types: "
-            f"{', '.join(SUPPORTED_LAYERS)}."
+            f"{', '.join(prunable_layer_types())}."
         )
 
     plan = {id(layer): (i, s) for i, (layer, s) in enumerate(zip(targets, layer_sparsities(targets, sparsity)))}
@@ -155,7 +144,7 @@ def layer_sparsities(layers, sparsity):
         weights (one per name in `prunable_weight_names(layer)`).
     """
     weights = [
-        {w.name: w for w in layer.weights}[name] for layer in layers for name in prunable_weight_names(layer)
+        weight_named(layer, name) for layer in layers for name in prunable_weight_names(layer)
     ]
     masks = magnitude.global_topk_masks([tf.abs(w) for w in weights], sparsity)
     shares = iter(
@@ -176,40 +165,8 @@ def freeze_weights(model):
     Returns:
         The number of variables that remain trainable (the score tensors).
     """
-    scores = {id(v) for layer in _leaf_layers(model) if isinstance(layer, Scored) for v in layer.scores}
+    scores = {id(v) for layer in leaf_layers(model) if isinstance(layer, Scored) for v in layer.scores}
     for variable in model.variables:
         if id(variable) not in scores:
             variable.trainable = False
     return len(scores)
-
-
-def jackpot_optimizer(steps, learning_rate=0.1, momentum=0.9):
-    """The reference search optimizer: SGD with momentum and a cosine learning rate.
-
-    The learning rate decays per step (the reference decays it per epoch).
-    Weight decay is not part of it: `lottery_jackpot(weight_decay=...)`
-    puts it on the scores, coupled with the momentum. The score gradient is
-    `g * w`, so the step a mask change needs depends on the weights' scale:
-    0.1 is the reference's value for CIFAR networks searched for 30 epochs;
-    for a search of one epoch on Fashion-MNIST, 0.3 did best (see
-    `benchmarks/jackpot.py`, which picks it on held-out data).
-
-    Args:
-        steps: total number of training steps of the search (> 0).
-        learning_rate: initial learning rate.
-        momentum: SGD momentum.
-
-    Returns:
-        A `keras.optimizers.SGD`.
-
-    Raises:
-        ValueError: if `steps` is not a positive int.
-
-    Example:
-
-    >>> optimizer = jackpot_optimizer(steps=30 * 391)
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"Argument `steps` must be a positive int, received: {steps!r}.")
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    return keras.optimizers.SGD(schedule, momentum=momentum)

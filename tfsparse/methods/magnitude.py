@@ -6,8 +6,9 @@ import keras
 
 from tfsparse import schedules
 from tfsparse.layers.masked import Masked, new_group_name
-from tfsparse.layers.prunable import SUPPORTED_LAYERS, is_prunable
+from tfsparse.registry import is_prunable, prunable_layer_types
 from tfsparse.surgery.clone import copy_layer, transform_layers
+from tfsparse.walk import leaf_layers
 
 # Layers with weights that are deliberately never pruned (as in TFMOT).
 NEVER_PRUNED = (
@@ -88,12 +89,12 @@ def prune_low_magnitude(
             )
         return Masked(to_prune, **params)
 
-    prunable = [layer for layer in _leaf_layers(to_prune) if is_prunable(layer)]
+    prunable = [layer for layer in leaf_layers(to_prune) if is_prunable(layer)]
     _check_unsupported(to_prune, skip_unsupported)
     if not prunable:
         raise ValueError(
             f"Argument `to_prune` ({to_prune.name!r}) has no prunable layer. "
-            f"Supported layer types: {', '.join(SUPPORTED_LAYERS)}."
+            f"Supported layer types: {', '.join(prunable_layer_types())}."
         )
     group = {"name": new_group_name(), "size": len(prunable)} if scope == "global" else None
     order = {id(layer): i for i, layer in enumerate(prunable)}
@@ -107,24 +108,17 @@ def prune_low_magnitude(
     return transform_layers(to_prune, wrap)
 
 
-def _leaf_layers(model):
-    """All non-model layers of a model, in order, nested models included."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.Model) and not isinstance(layer, keras.layers.InputLayer):
-            yield layer
-
-
 def _check_unsupported(model, skip_unsupported):
     unsupported = [
         f"{layer.name} ({type(layer).__name__})"
-        for layer in _leaf_layers(model)
+        for layer in leaf_layers(model)
         if layer.weights and not is_prunable(layer) and not isinstance(layer, NEVER_PRUNED)
     ]
     if not unsupported:
         return
     message = (
         f"These layers have weights that tfsparse cannot prune: {', '.join(unsupported)}. "
-        f"Supported layer types: {', '.join(SUPPORTED_LAYERS)}."
+        f"Supported layer types: {', '.join(prunable_layer_types())}."
     )
     if not skip_unsupported:
         raise TypeError(message + " Pass `skip_unsupported=True` to leave them dense.")

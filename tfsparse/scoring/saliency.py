@@ -3,41 +3,14 @@
 import keras
 import tensorflow as tf
 
-from tfsparse.layers.prunable import SUPPORTED_LAYERS, is_prunable, prunable_weight_names
-from tfsparse.layers.wrapper import ParametrizedWrapper
-from tfsparse.summary import named_layers
+from tfsparse import checks
+from tfsparse.walk import prunable_weights
 
 # Scoring shows a progress bar from this many batches on.
 PROGRESS_MIN_BATCHES = 5
 
 
-def prunable_weights(model):
-    """Returns `{"<layer path>/<weight name>": variable}` for every prunable weight.
-
-    Layer paths are those of `tfsparse.summary.named_layers` (`"fc1"`,
-    `"encoder/conv1"`); wrapped layers contribute the variables of the layer
-    they wrap, under the wrapper's path.
-
-    Raises:
-        ValueError: if the model has no prunable weight.
-    """
-    weights = {}
-    for path, layer in named_layers(model):
-        inner = layer.layer if isinstance(layer, ParametrizedWrapper) else layer
-        if not is_prunable(inner):
-            continue
-        by_name = {w.name: w for w in inner.weights}
-        for name in prunable_weight_names(inner):
-            weights[f"{path}/{name}"] = by_name[name]
-    if not weights:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) has no prunable weight. "
-            f"Supported layer types: {', '.join(SUPPORTED_LAYERS)}."
-        )
-    return weights
-
-
-def snip(model, data, batches=1, loss=None):
+def snip_saliency(model, data, batches=1, loss=None):
     """Returns the SNIP saliency `|w * dL/dw|` of every prunable weight.
 
     The gradient is taken at the model's current weights, in training mode,
@@ -59,7 +32,7 @@ def snip(model, data, batches=1, loss=None):
 
     Returns:
         A dict `{"<layer path>/<weight name>": saliency}` of float tensors
-        shaped like the weights (see `prunable_weights` for the paths).
+        shaped like the weights (see `tfsparse.walk.prunable_weights` for the paths).
 
     Raises:
         ValueError: for a bad `batches`, too little data, or a model without
@@ -68,16 +41,11 @@ def snip(model, data, batches=1, loss=None):
 
     Example:
 
-    >>> scores = tfsparse.scoring.snip(model, (x[:100], y[:100]))
+    >>> scores = tfsparse.scoring.snip_saliency(model, (x[:100], y[:100]))
     >>> masks = tfsparse.scoring.global_topk_masks(list(scores.values()), 0.9)
     """
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"Argument `batches` must be a positive integer, received: {batches!r}.")
-    if not model.built:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
-            f"`model.build(input_shape)` or call it on a batch of data."
-        )
+    checks.check_positive_int(batches, "batches")
+    checks.check_built(model)
     weights = prunable_weights(model)
     loss_fn = _get_loss(model, loss)
     trainable = list(model.trainable_variables)

@@ -19,21 +19,24 @@ What is counted:
   whose subscripts are not in the kernel). BatchNormalization does one
   multiply-add per output element (inference form). Embedding lookups and
   every other layer (activations, pooling, biases) count as zero. Axes of
-  unknown size (`None`) count as 1.
+  unknown size (`None`) count as 1. These are the rules registered in
+  `tfsparse.registry`; a custom layer brings its own with
+  `tfsparse.register_layer(..., flops=...)`.
 - **Effective FLOPs** scale each kernel's multiply-adds by the fraction of
   its effective entries that are non-zero, i.e. what a sparse kernel needs.
 - **Bytes** are the dense storage of the weights in their dtype; non-zero
   bytes are the values of the non-zeros only (no index overhead).
 """
 
-import math
 import numbers
 
 import keras
 import numpy as np
 
-from tfsparse.layers.prunable import is_prunable, prunable_weight_names
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse import checks
+from tfsparse.registry import spec_of
+from tfsparse.registry.flops import prod
+from tfsparse.walk import is_wrapper, named_layers
 
 COLUMNS = {
     "layer": "Layer",
@@ -47,7 +50,6 @@ COLUMNS = {
     "nonzero_bytes": "Non-zero bytes",
 }
 _SUMMED = ("parameters", "nonzeros", "flops", "effective_flops", "bytes", "nonzero_bytes")
-_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
 
 
 class Summary:
@@ -96,8 +98,10 @@ def summary(model, print_fn=print):
     wrappers are reported as one row each, as `Wrapper(Layer)`, with the
     figures of their effective weights. Extra per-layer figures that wrappers
     return from `summary_fields()` become extra columns (blank for other
-    layers), summed in the total when numeric. See the module docstring for
-    exactly what is counted.
+    layers), summed in the total when numeric; ratios that wrappers declare
+    in `summary_ratios()` (FreezeNet's compression factor) follow, computed
+    from each row and from the total. See the module docstring for exactly
+    what is counted.
 
     Args:
         model: a built Keras model (or a single built layer).
@@ -127,17 +131,15 @@ def summary(model, print_fn=print):
         )
     if print_fn is not None and not callable(print_fn):
         raise TypeError(f"Argument `print_fn` must be callable or None, received: {print_fn!r}.")
-    if not model.built:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
-            f"`model.build(input_shape)` or call it on a batch of data."
-        )
-    rows, extras = [], {}
+    checks.check_built(model)
+    rows, extras, ratios = [], {}, {}
     for path, layer in named_layers(model):
         row = _row(path, layer)
         if row is None:
             continue
-        fields = layer.summary_fields() if isinstance(layer, ParametrizedWrapper) else {}
+        fields = layer.summary_fields() if is_wrapper(layer) else {}
+        if is_wrapper(layer):
+            ratios.update(layer.summary_ratios())
         for key, value in fields.items():
             if key in COLUMNS:
                 raise ValueError(
@@ -152,54 +154,19 @@ def summary(model, print_fn=print):
         for key in extras:
             row.setdefault(key, None)
     total = _total(rows, extras)
-    if "frozen" in extras:
-        # FreezeNet's compression factor: all parameters over those trained (and stored).
-        columns["compression"] = "compression"
+    for key, ratio in ratios.items():
+        columns[key] = key
         for row in rows + [total]:
-            trained = None if row["frozen"] is None else row["parameters"] - row["frozen"]
-            row["compression"] = row["parameters"] / trained if trained else None
+            row[key] = ratio(row)
     result = Summary(rows, total, columns)
     if print_fn is not None:
         print_fn(str(result))
     return result
 
 
-def named_layers(layer):
-    """Yields `(path, layer)` for `layer` and every layer inside it.
-
-    Models and layers holding sublayers are walked depth-first; tfsparse
-    wrappers are not entered (their wrapped layer is part of them). Paths
-    are `/`-joined layer names below the top model (a layer shared by
-    several parents is yielded once).
-
-    Args:
-        layer: a Keras model or layer.
-
-    Yields:
-        `(path, layer)` pairs, the given layer first (under its own name).
-    """
-    seen = {id(layer)}
-
-    def children(parent, prefix):
-        if isinstance(parent, ParametrizedWrapper):
-            return
-        # Keras lists a plain layer's sublayers only through this method
-        # (`Model.layers` covers models alone).
-        for sub in parent._flatten_layers(include_self=False, recursive=False):
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            path = prefix + sub.name
-            yield path, sub
-            yield from children(sub, path + "/")
-
-    yield layer.name, layer
-    yield from children(layer, "" if isinstance(layer, keras.Model) else layer.name + "/")
-
-
 def _row(path, layer):
     """Figures of one layer, or None if it holds no weights of its own."""
-    wrapped = isinstance(layer, ParametrizedWrapper)
+    wrapped = is_wrapper(layer)
     inner = layer.layer if wrapped else layer
     weights = inner.weights if wrapped else _own_weights(layer)
     if not weights:  # no weights, or an unbuilt layer
@@ -232,33 +199,11 @@ def _own_weights(layer):
 
 
 def _flops(layer, arrays):
-    """(dense, effective) FLOPs of one example through `layer`."""
-    if is_prunable(layer):
-        positions = _positions(layer)
-        kernels = [arrays[name] for name in prunable_weight_names(layer)]
-        dense = sum(positions * k.size for k in kernels)
-        return 2 * dense, 2 * sum(positions * int(np.count_nonzero(k)) for k in kernels)
-    if isinstance(layer, keras.layers.BatchNormalization):
-        elements = _prod(layer.compute_output_shape(_input_shape(layer))[1:])
-        return 2 * elements, 2 * elements
-    return 0, 0
-
-
-def _positions(layer):
-    """How many times each kernel entry is used for one example."""
-    if isinstance(layer, keras.layers.Embedding):
-        return 0  # lookups, no arithmetic
-    input_shape = _input_shape(layer)
-    if isinstance(layer, keras.layers.EinsumDense):
-        inputs, kernel = layer.equation.split("->")[0].split(",")
-        head, _, tail = inputs.partition("...")
-        # Ellipsis axes get subscripts of their own, found in no kernel.
-        ellipsis = [f"...{i}" for i in range(len(input_shape) - len(head) - len(tail))] if "..." in inputs else []
-        subscripts = [*head, *ellipsis, *tail]
-        return _prod(dim for sub, dim in zip(subscripts[1:], input_shape[1:]) if sub not in kernel)
-    shape = input_shape if isinstance(layer, _TRANSPOSED) else layer.compute_output_shape(input_shape)
-    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    return _prod(shape[2:] if channels_first else shape[1:-1])
+    """(dense, effective) FLOPs of one example through `layer`, by its registered rule."""
+    spec = spec_of(layer)
+    if spec is None or spec.flops is None:
+        return 0, 0
+    return spec.flops(layer, _input_shape(layer), arrays)
 
 
 def _input_shape(layer):
@@ -278,10 +223,6 @@ def _numpy(value):
     if isinstance(value, keras.Variable):
         return value.numpy()
     return np.asarray(keras.ops.convert_to_numpy(value))
-
-
-def _prod(dims):
-    return math.prod(1 if d is None else int(d) for d in dims)
 
 
 def _sparsity(nonzeros, parameters):
