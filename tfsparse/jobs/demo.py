@@ -6,9 +6,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import export, schedules, strip, summary  # noqa: E402
+from tfsparse import export, schedules  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods import prune_low_magnitude  # noqa: E402
+from tfsparse.model_summary import summary  # noqa: E402
+from tfsparse.surgery import strip  # noqa: E402
 
 HELP = "train a model, prune it with model.fit, export it to TFLite and compare"
 

@@ -7,7 +7,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import export, summary, walk  # noqa: E402
+from tfsparse import export, walk  # noqa: E402
+from tfsparse.model_summary import summary  # noqa: E402
 from tfsparse.optimizers import cosine_sgd  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods.freezenet import (  # noqa: E402

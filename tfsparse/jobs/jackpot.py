@@ -7,11 +7,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import callbacks, strip, summary  # noqa: E402
+from tfsparse import callbacks  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.layers.scored import INITS, Scored  # noqa: E402
 from tfsparse.methods.jackpot import lottery_jackpot  # noqa: E402
+from tfsparse.model_summary import summary  # noqa: E402
 from tfsparse.optimizers import cosine_sgd  # noqa: E402
+from tfsparse.surgery import strip  # noqa: E402
 
 HELP = "find a sparse sub-network of a pre-trained model without training its weights (Lottery Jackpots)"
 
