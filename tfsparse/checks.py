@@ -8,6 +8,14 @@ import numpy as np
 SEED_LIMIT = 2**32
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type.
+
+    Both a `TypeError` and a `ValueError`, so that code written for either
+    (TFMOT raises `ValueError` for such arguments) catches it.
+    """
+
+
 def check_built(layer, argument="model"):
     """Raises `ValueError` unless the model or layer `layer` is built."""
     if not layer.built:
@@ -23,12 +31,12 @@ def check_fraction(value, argument, include_one=False):
     NumPy scalars are accepted as Python numbers are.
 
     Raises:
-        TypeError: if `value` is not a real number.
+        ArgumentTypeError: if `value` is not a real number.
         ValueError: if it is outside the interval.
     """
     interval = "[0, 1]" if include_one else "[0, 1)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{argument}` must be a number in {interval}, received: {value!r}.")
+        raise ArgumentTypeError(f"Argument `{argument}` must be a number in {interval}, received: {value!r}.")
     if not (0 <= value <= 1 if include_one else 0 <= value < 1):
         raise ValueError(f"Argument `{argument}` must be a number in {interval}, received: {value!r}.")
     return float(value)
@@ -49,11 +57,11 @@ def check_seed(seed, argument="seed"):
     """Returns `seed` as an int after checking it is a 32-bit unsigned integer.
 
     Raises:
-        TypeError: if `seed` is not an integer.
+        ArgumentTypeError: if `seed` is not an integer.
         ValueError: if it is outside `[0, 2**32)`.
     """
     if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Argument `{argument}` must be an integer, received: {seed!r} (of type {type(seed).__name__})."
         )
     if not 0 <= seed < SEED_LIMIT:

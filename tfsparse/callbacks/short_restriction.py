@@ -1,9 +1,8 @@
 """`ShortRestriction`: the mask update rule of a Lottery Jackpot search."""
 
-import numbers
-
 import keras
 
+from tfsparse.checks import check_fraction
 from tfsparse.layers.scored import Scored
 from tfsparse.walk import named_layers
 
@@ -58,12 +57,7 @@ class ShortRestriction(keras.callbacks.Callback):
 
     def __init__(self, rate=1.0):
         super().__init__()
-        if not callable(rate):
-            if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
-                raise TypeError(f"Argument `rate` must be a number in [0, 1] or a callable, received: {rate!r}.")
-            if not 0 <= rate <= 1:
-                raise ValueError(f"Argument `rate` must be in [0, 1], received: {rate!r}.")
-        self.rate = rate
+        self.rate = rate if callable(rate) else check_fraction(rate, "rate", include_one=True)
 
     def on_train_begin(self, logs=None):
         self._layers = [layer for _, layer in named_layers(self.model) if isinstance(layer, Scored)]

@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from tfsparse.checks import check_built
 from tfsparse.surgery.strip import strip
 
 
@@ -43,8 +44,4 @@ def check_model(model):
     """Raises a clear error unless `model` is a built Keras model."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"Argument `model` must be a keras.Model, received: {type(model).__name__}.")
-    if not model.built:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
-            f"`model.build(input_shape)` or call it on a batch of data."
-        )
+    check_built(model)

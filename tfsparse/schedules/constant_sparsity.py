@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-from tfsparse.schedules.schedule import PruningSchedule, check_sparsity, check_steps
+from tfsparse.checks import check_fraction
+from tfsparse.schedules.schedule import PruningSchedule, check_steps
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -24,10 +25,8 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity, begin_step, end_step=-1, frequency=100):
-        check_sparsity(target_sparsity, "target_sparsity")
-        check_steps(begin_step, end_step, frequency, allow_no_end=True)
-        super().__init__(begin_step, end_step, frequency)
-        self.target_sparsity = target_sparsity
+        self.target_sparsity = check_fraction(target_sparsity, "target_sparsity")
+        super().__init__(*check_steps(begin_step, end_step, frequency, allow_no_end=True))
 
     def sparsity(self, step):
         return tf.constant(self.target_sparsity, tf.float32)

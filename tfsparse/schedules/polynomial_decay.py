@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-from tfsparse.schedules.schedule import PruningSchedule, check_sparsity, check_steps
+from tfsparse.checks import check_fraction
+from tfsparse.schedules.schedule import PruningSchedule, check_steps
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
@@ -31,12 +32,9 @@ class PolynomialDecay(PruningSchedule):
     """
 
     def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, power=3, frequency=100):
-        check_sparsity(initial_sparsity, "initial_sparsity")
-        check_sparsity(final_sparsity, "final_sparsity")
-        check_steps(begin_step, end_step, frequency, allow_no_end=False)
-        super().__init__(begin_step, end_step, frequency)
-        self.initial_sparsity = initial_sparsity
-        self.final_sparsity = final_sparsity
+        self.initial_sparsity = check_fraction(initial_sparsity, "initial_sparsity")
+        self.final_sparsity = check_fraction(final_sparsity, "final_sparsity")
+        super().__init__(*check_steps(begin_step, end_step, frequency, allow_no_end=False))
         self.power = power
 
     def sparsity(self, step):

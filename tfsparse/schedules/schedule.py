@@ -2,22 +2,21 @@
 
 import abc
 
+import numbers
+
 import keras
 import tensorflow as tf
 
 
-def check_sparsity(value, name):
-    """Raises `ValueError` unless `value` is a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"Argument `{name}` must be a number in [0, 1), received: {value!r}."
-        )
-
-
 def check_steps(begin_step, end_step, frequency, allow_no_end):
-    """Raises `ValueError` for an invalid (begin_step, end_step, frequency)."""
+    """Returns `(begin_step, end_step, frequency)` as ints, checked.
+
+    Raises:
+        ValueError: for a non-integer, a negative `begin_step`, an `end_step`
+            before it or a `frequency` below 1.
+    """
     for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"Argument `{name}` must be an integer, received: {value!r}.")
     if begin_step < 0:
         raise ValueError(f"Argument `begin_step` must be >= 0, received: {begin_step}.")
@@ -31,6 +30,7 @@ def check_steps(begin_step, end_step, frequency, allow_no_end):
         )
     if frequency <= 0:
         raise ValueError(f"Argument `frequency` must be > 0, received: {frequency}.")
+    return int(begin_step), int(end_step), int(frequency)
 
 
 class PruningSchedule(abc.ABC):
