@@ -147,12 +147,13 @@ def snip(model, sparsity, data, batches=1, loss=None, seed=None):
             `[0, 2**32)` to draw them first from the seed (`reinitialize`).
 
     Returns:
-        A new `keras.Model` with `Masked` layers, ready to `compile` and `fit`.
+        A new, uncompiled `keras.Model` whose prunable layers are `Masked`
+        with fixed masks.
 
     Raises:
-        ValueError: for a bad `sparsity`, `batches` or `seed`, an unbuilt
-            model, or one that already holds tfsparse wrappers.
-        TypeError: for a bad `seed`, `data` or `loss`.
+        ValueError: if `sparsity`, `batches` or `seed` is out of range, the
+            model is not built, or it already holds tfsparse wrappers.
+        TypeError: if `seed`, `data` or `loss` has the wrong type.
 
     Example:
 
