@@ -38,3 +38,14 @@ def test_seeds_are_32_bit_unsigned_integers():
     with pytest.raises(TypeError, match="must be an integer, received: 1.5"):
         checks.check_seed(1.5)
     assert 0 <= checks.resolve_seed(None) < 2**32
+
+
+@pytest.mark.parametrize("power", [0, -1, float("nan"), float("inf"), "3", None])
+def test_polynomial_decay_refuses_a_power_that_cannot_prune(power):
+    with pytest.raises(ValueError, match=r"Argument `power` must be a finite number > 0, received: "):
+        ts.schedules.PolynomialDecay(0.0, 0.5, 0, 10, power=power)
+
+
+def test_polynomial_decay_keeps_the_type_of_its_power():
+    assert ts.schedules.PolynomialDecay(0.0, 0.5, 0, 10, power=np.int64(2)).get_config()["power"] == 2
+    assert ts.schedules.PolynomialDecay(0.0, 0.5, 0, 10, power=0.5).get_config()["power"] == 0.5

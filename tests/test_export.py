@@ -176,6 +176,8 @@ def test_unchecked_export_and_bad_arguments(pruned, tmp_path):
             export(keras.layers.Dense(3))
     with pytest.raises(TypeError, match="Argument `path`"):
         tfsparse.export.tflite(pruned, 3)
+    with pytest.raises(TypeError, match=r"Argument `sparse` must be True or False, received: 'no'"):
+        tfsparse.export.tflite(pruned, path, sparse="no")
     assert not os.path.exists(path)
 
 

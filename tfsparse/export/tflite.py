@@ -136,6 +136,8 @@ def tflite(
             "quantization calibrates activation ranges on it (e.g. a batched tf.data.Dataset "
             "of training inputs). Use `quantize='dynamic'` to quantize weights only."
         )
+    if not isinstance(sparse, bool):
+        raise TypeError(f"Argument `sparse` must be True or False, received: {sparse!r}.")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"Argument `path` must be a str or os.PathLike, received: {path!r}.")
     representative = None

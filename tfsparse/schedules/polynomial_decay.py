@@ -1,5 +1,8 @@
 """Sparsity that rises along a polynomial from an initial to a final value."""
 
+import math
+import numbers
+
 import keras
 import tensorflow as tf
 
@@ -21,7 +24,8 @@ class PolynomialDecay(PruningSchedule):
         final_sparsity: sparsity from `end_step` on, in [0, 1).
         begin_step: first step at which masks are computed.
         end_step: step at which the final sparsity is reached (>= begin_step).
-        power: exponent of the polynomial.
+        power: exponent of the polynomial, a finite number > 0 (at 0 the
+            sparsity would stay at `final_sparsity` from the first step).
         frequency: masks are recomputed every `frequency` steps.
 
     Example:
@@ -35,7 +39,7 @@ class PolynomialDecay(PruningSchedule):
         self.initial_sparsity = check_fraction(initial_sparsity, "initial_sparsity")
         self.final_sparsity = check_fraction(final_sparsity, "final_sparsity")
         super().__init__(*check_steps(begin_step, end_step, frequency, allow_no_end=False))
-        self.power = power
+        self.power = _check_power(power)
 
     def sparsity(self, step):
         span = max(self.end_step - self.begin_step, 1)
@@ -49,3 +53,9 @@ class PolynomialDecay(PruningSchedule):
             "power": self.power,
             **super().get_config(),
         }
+
+
+def _check_power(power):
+    if isinstance(power, bool) or not isinstance(power, numbers.Real) or not 0 < power < math.inf:
+        raise ValueError(f"Argument `power` must be a finite number > 0, received: {power!r}.")
+    return int(power) if isinstance(power, numbers.Integral) else float(power)
