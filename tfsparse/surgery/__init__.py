@@ -8,6 +8,6 @@ from tfsparse.surgery.replace import remove_blocks, replace_layer
 from tfsparse.surgery.strip import strip
 
 __all__ = [
-    "ChannelGroup", "copy_layer", "dependency_groups", "merge_channels", "remove_blocks", "remove_channels",
-    "replace_layer", "strip", "transform_layers", "WeightSlice",
+    "ChannelGroup", "WeightSlice", "copy_layer", "dependency_groups", "merge_channels", "remove_blocks",
+    "remove_channels", "replace_layer", "strip", "transform_layers",
 ]
