@@ -139,11 +139,12 @@ class ChannelGroup:
     def slices_of(self, channel, roles=ROLES):
         """Returns the part of every weight that holds group channel `channel`.
 
-        Zeroing the producer and member parts silences the channel (its
-        values are zero wherever it flows); zeroing the consumer parts makes
-        the model ignore it. Either way, for layers that do not normalize
-        across channels, the model then computes what it computes once the
-        channel is removed.
+        Zeroing the consumer parts makes the model ignore the channel: it
+        then computes what it computes once the channel is removed (unless
+        a layer normalizes across channels, as LayerNormalization does).
+        Zeroing the producer and member parts silences the channel instead:
+        it is zero wherever it flows, as long as the activations on its way
+        keep zero at zero (ReLU, swish, tanh; not sigmoid).
 
         Args:
             channel: a group channel index, from 0 to `size - 1`.
