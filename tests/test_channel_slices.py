@@ -7,6 +7,8 @@ import pytest
 import tfsparse as ts
 from tfsparse.surgery import WeightSlice, dependency_groups, merge_channels, remove_channels
 
+from test_surgery_exact import MERGE_MODELS  # the small models of the surgery exactness tests
+
 layers = keras.layers
 
 
@@ -173,13 +175,7 @@ def transposed_model():
     return keras.Model(inputs, layers.Dense(3, name="logits")(x))
 
 
-def _exact_models():
-    import test_surgery_exact  # the small models of the surgery exactness tests
-
-    return {"transposed": transposed_model, **test_surgery_exact.MERGE_MODELS}
-
-
-SLICE_MODELS = _exact_models()
+SLICE_MODELS = {"transposed": transposed_model, **MERGE_MODELS}
 
 
 def _randomize(model, rng):
