@@ -3,7 +3,8 @@
 For ResNet-20 and the small MobileNetV2 (CIFAR-sized inputs), 25/50/75% of
 the channels of every prunable group are removed with
 `tfsparse.surgery.remove_channels` (the channels of lowest L1 norm, summed
-over the group's producers). Each pruned model is timed next to:
+over their slices of the group's producers). Each pruned model is timed
+next to:
 
 - the dense model (speed-up, shown next to the FLOP and parameter ratios);
 - the same architecture built natively at the pruned widths (the goal is a
@@ -43,22 +44,26 @@ KERAS_BATCH = 64
 
 
 def l1_request(model, native):
-    """`{lead producer: channels}` removing, in each group, the channels of lowest L1 norm.
+    """`{group: channels}` removing, in each group, the channels of lowest L1 norm.
 
-    Each group keeps as many channels as its lead producer has in `native`.
+    A channel's norm sums its slices of every producer of the group (their
+    kernels and biases, on the axes the group names). Each group keeps as
+    many channels as its lead producer has in `native`.
     """
     request = {}
     for group in ts.surgery.dependency_groups(model):
         if not group.prunable:
             continue
-        lead = group.producers[0]
-        norms = np.zeros(group.size)
-        for i, pairs in enumerate(group.channels):
-            for name, channel in pairs:
-                kernel = keras.ops.convert_to_numpy(model.get_layer(name).weights[0])
-                norms[i] += np.abs(kernel[..., channel]).sum()
-        drop = np.argsort(norms)[: group.size - native.get_layer(lead).output.shape[-1]]
-        request[lead] = sorted(group.indices(lead)[i] for i in drop)
+        arrays = {(s.layer, s.weight): keras.ops.convert_to_numpy(next(
+            w for w in model.get_layer(s.layer).weights if w.name == s.weight)) for s in group.slices
+            if s.role == "producer"}
+        norms = [
+            sum(np.abs(np.take(arrays[layer, weight], indices, axis)).sum()
+                for layer, weight, axis, indices in group.slices_of(c, roles=("producer",)))
+            for c in range(group.size)
+        ]
+        drop = np.argsort(norms)[: group.size - native.get_layer(group.producers[0]).output.shape[-1]]
+        request[group] = sorted(drop.tolist())
     return request
 
 

@@ -9,7 +9,9 @@ PyTorch; the graph knows nothing of how channels are scored or removed.
 """
 
 import dataclasses
+import functools
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -20,13 +22,49 @@ from tfsparse.surgery.clone import is_graph_model
 from tfsparse.surgery.strip import strip
 
 
+PRODUCER, MEMBER, CONSUMER = "producer", "member", "consumer"
+ROLES = (PRODUCER, MEMBER, CONSUMER)
+
+
 @dataclasses.dataclass(frozen=True)
+class WeightSlice:
+    """Where the channels of a `ChannelGroup` sit along one axis of one weight.
+
+    Attributes:
+        layer: name of the layer that holds the weight.
+        weight: the weight's name in `layer.weights` (`kernel`, `bias`,
+            `gamma`, `depthwise_kernel`, ...).
+        axis: the (non-negative) axis of the weight indexed by the channels.
+        role: `"producer"`: the output axis of a layer that makes the
+            channels (Conv, Dense, Conv*Transpose, Embedding, the pointwise
+            part of SeparableConv), its bias included. `"member"`: a weight
+            narrowed with channels it carries through (BatchNormalization
+            gamma, beta and moving statistics, DepthwiseConv kernel and
+            bias, the depthwise kernel of SeparableConv, PReLU alpha,
+            LayerNormalization...). `"consumer"`: the input axis of a layer
+            that reads the channels and sums over them.
+        positions: one tuple per group channel: its positions along `axis`.
+            A channel can have several (after `Flatten`, `c + k*C`; after a
+            depthwise multiplier `m`, `c*m` to `c*m + m - 1`; a channel tied
+            twice into one tensor) or none (a consumer reading only some
+            of the group's producers).
+    """
+
+    layer: str
+    weight: str
+    axis: int
+    role: str
+    positions: tuple
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class ChannelGroup:
     """Channels of several layers that can only be removed together.
 
     Channel `i` of the group is the set of producer channels
     `channels[i]`: removing it removes each of them, and the matching inputs
-    of every consumer.
+    of every consumer. `slices` lists every weight axis that carries the
+    group's channels; `slices_of(i)` gives channel `i`'s part of each.
 
     Attributes:
         producers: names of the layers whose output channels are in the
@@ -38,18 +76,40 @@ class ChannelGroup:
             are narrowed with them (BatchNormalization, DepthwiseConv, ...).
         channels: one entry per group channel: the `(producer, output
             channel)` pairs it ties together.
-        pinned: group channel indices that cannot be removed.
+        slices: the `WeightSlice`s of the group, layer by layer in model
+            order.
+        pinned: group channel indices that cannot be removed (their slices
+            are listed all the same).
         reason: why the pinned channels cannot be removed (`None` if none
             are pinned), e.g. they are model outputs or reach a layer the
             graph cannot map channel by channel.
+
+    Layer names are those of the model with tfsparse wrappers stripped
+    (`tfsparse.strip`), that is the wrapped layers' names.
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 7, name="conv")(inputs)
+    >>> x = keras.layers.Flatten()(keras.layers.BatchNormalization(name="bn")(x))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
+    >>> group = tfsparse.surgery.dependency_groups(model)[0]
+    >>> group.producers, group.members, group.consumers, group.size
+    (('conv',), ('bn',), ('fc',), 4)
+    >>> group.slices_of(1, roles=("producer", "consumer"))
+    [('conv', 'kernel', 3, (1,)), ('conv', 'bias', 0, (1,)), ('fc', 'kernel', 0, (1, 5, 9, 13))]
     """
 
     producers: tuple
     consumers: tuple
     members: tuple
     channels: tuple
+    slices: tuple
     pinned: frozenset
     reason: str | None
+
+    def __repr__(self):
+        return f"ChannelGroup(producers={self.producers}, size={self.size}, pinned={len(self.pinned)})"
 
     @property
     def size(self):
@@ -75,6 +135,50 @@ class ChannelGroup:
                 f"Argument `layer` must be one of the group's producers {list(self.producers)}, received: {layer!r}."
             )
         return [next((c for name, c in pairs if name == layer), -1) for pairs in self.channels]
+
+    def slices_of(self, channel, roles=ROLES):
+        """Returns the part of every weight that holds group channel `channel`.
+
+        Zeroing the consumer parts makes the model ignore the channel: it
+        then computes what it computes once the channel is removed (unless
+        a layer normalizes across channels, as LayerNormalization does).
+        Zeroing the producer and member parts silences the channel instead:
+        it is zero wherever it flows, as long as the activations on its way
+        keep zero at zero (ReLU, swish, tanh; not sigmoid).
+
+        Args:
+            channel: a group channel index, from 0 to `size - 1`.
+            roles: the roles to include, among `"producer"`, `"member"` and
+                `"consumer"` (default: all).
+
+        Returns:
+            A list of `(layer, weight, axis, indices)`, one per slice in
+            which the channel has positions, in the order of `slices`:
+            `np.take(weight_array, indices, axis)` is the channel's part.
+
+        Raises:
+            TypeError: if `channel` is not an integer.
+            ValueError: if `channel` is out of range or a role is unknown.
+
+        Example:
+
+        >>> for layer, weight, axis, indices in group.slices_of(3, roles=("producer",)):
+        ...     variable = next(w for w in model.get_layer(layer).weights if w.name == weight)
+        ...     array = keras.ops.convert_to_numpy(variable)
+        ...     array[(slice(None),) * axis + (list(indices),)] = 0.0
+        ...     variable.assign(array)
+        """
+        if not isinstance(channel, numbers.Integral) or isinstance(channel, bool):
+            raise TypeError(f"Argument `channel` must be an integer, received: {channel!r}.")
+        if not 0 <= channel < self.size:
+            raise ValueError(
+                f"Argument `channel` must be from 0 to {self.size - 1} (the group has {self.size} channels), "
+                f"received: {channel}."
+            )
+        if isinstance(roles, str) or not set(roles) <= set(ROLES):
+            raise ValueError(f"Argument `roles` must be a sequence of roles among {list(ROLES)}, received: {roles!r}.")
+        return [(s.layer, s.weight, s.axis, s.positions[channel]) for s in self.slices
+                if s.role in roles and s.positions[channel]]
 
 
 @dataclasses.dataclass
@@ -273,6 +377,26 @@ class ChannelGraph:
 
     def groups(self):
         """Returns the `ChannelGroup`s of the model, in model order."""
+        return [group for group, _ in self.grouped]
+
+    def group_roots(self, group, argument):
+        """Roots of the channels of `group`, in group order.
+
+        Raises:
+            ValueError: naming `argument`, if `group` is not a group of the model.
+        """
+        for known, roots in self.grouped:
+            if known == group:
+                return roots
+        raise ValueError(
+            f"Argument `{argument}` holds {group!r}, which is not a channel group of model {self.model.name!r} "
+            f"(its layers, widths or couplings differ); take the groups from `dependency_groups(model)` of the "
+            f"same model."
+        )
+
+    @functools.cached_property
+    def grouped(self):
+        """`(ChannelGroup, roots of its channels)` pairs, in model order."""
         order = self.order
         by_root = {}
         for name, nodes in self.produced.items():
@@ -299,9 +423,12 @@ class ChannelGraph:
                   sorted(grouped.values(), key=lambda names: min(map(order.get, names)))]
         roots = [list(dict.fromkeys(r for name in names for r in self.produced[name].tolist())) for names in groups]
         group_of_root = np.full(len(self.root), -1, dtype=np.int64)
+        channel_of_root = np.full(len(self.root), -1, dtype=np.int64)
         for index, group_roots in enumerate(roots):
             group_of_root[group_roots] = index
+            channel_of_root[group_roots] = np.arange(len(group_roots))
         readers = [([], []) for _ in groups]  # (consumers, members) of each group
+        slices = [[] for _ in groups]
         for name in sorted(self.layers, key=order.get):
             info = self.layers[name]
             inputs = [a for call in info.inputs for a in call]
@@ -313,9 +440,12 @@ class ChannelGraph:
                     readers[index][0].append(name)
                 elif info.rule.axes or info.rule.width:
                     readers[index][1].append(name)
-        return [self._group(*args, by_root, order) for args in zip(groups, roots, readers)]
+            for index, weight_slice in _weight_slices(info, group_of_root, channel_of_root, list(map(len, roots))):
+                slices[index].append(weight_slice)
+        return [(self._group(*args, by_root, order), np.asarray(args[1], dtype=np.int64))
+                for args in zip(groups, roots, readers, slices)]
 
-    def _group(self, producers, roots, readers, by_root, order):
+    def _group(self, producers, roots, readers, slices, by_root, order):
         pinned = frozenset(i for i, r in enumerate(roots) if r in self.pins)
         reasons = list(dict.fromkeys(self.pins[roots[i]] for i in sorted(pinned)))
         return ChannelGroup(
@@ -323,9 +453,41 @@ class ChannelGraph:
             consumers=tuple(readers[0]),
             members=tuple(readers[1]),
             channels=tuple(tuple(sorted(by_root[r], key=lambda p: (order[p[0]], p[1]))) for r in roots),
+            slices=tuple(slices),
             pinned=pinned,
             reason="; ".join(reasons) if reasons else None,
         )
+
+
+def _weight_slices(info, group_of_root, channel_of_root, sizes):
+    """`(group index, WeightSlice)` pairs of one layer, in the order of its rule's weight axes."""
+    weights = {w.name: w for w in info.layer.weights}
+    # The first call: the channels of later calls are tied to it.
+    first_call = {rules.IN: info.inputs[0][0], rules.MID: info.mid[0], rules.OUT: info.outputs[0][0]}
+    for axis in info.rule.axes:
+        nodes = first_call[axis.channels]
+        groups, channels = group_of_root[nodes], channel_of_root[nodes]
+        role = _role(info.rule, axis)
+        for index in np.unique(groups[groups >= 0]).tolist():
+            positions = [[] for _ in range(sizes[index])]
+            for position in np.flatnonzero(groups == index).tolist():
+                positions[channels[position]].append(position)
+            yield index, WeightSlice(
+                layer=info.layer.name,
+                weight=axis.weight,
+                axis=axis.axis % len(weights[axis.weight].shape),
+                role=role,
+                positions=tuple(map(tuple, positions)),
+            )
+
+
+def _role(rule, axis):
+    """The `WeightSlice` role of a weight axis of a layer with `rule`."""
+    if axis.summed:
+        return CONSUMER
+    if axis.channels == rules.OUT and rule.kind in (rules.PRODUCE, rules.SEPARABLE):
+        return PRODUCER
+    return MEMBER
 
 
 def dependency_groups(model):
