@@ -16,10 +16,13 @@ import numbers
 import keras
 import numpy as np
 
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.checks import check_built
+from tfsparse.keras_internals import producing_call
+from tfsparse.registry import channels as channel_rules
 from tfsparse.surgery import rules
 from tfsparse.surgery.clone import is_graph_model
 from tfsparse.surgery.strip import strip
+from tfsparse.walk import wrappers
 
 
 PRODUCER, MEMBER, CONSUMER = "producer", "member", "consumer"
@@ -187,7 +190,7 @@ class LayerChannels:
 
     Attributes:
         layer: the Keras operation.
-        rule: its `rules.ChannelRule`, or `None` if it is unsupported.
+        rule: its `channel_rules.ChannelRule`, or `None` if it is unsupported.
         inputs: per call, the channel arrays of its input tensors.
         outputs: per call, the channel arrays of its output tensors.
         mid: per call, the depthwise outputs of a SeparableConv (else `None`).
@@ -259,12 +262,6 @@ class ChannelGraph:
         return nodes
 
     def _walk(self, view):
-        # Keras 3 has no public accessor for the call that produced a
-        # KerasTensor: `_keras_history` (operation, node index, tensor index)
-        # and `operation._inbound_nodes` are the links Keras' own Functional
-        # model reads to run and serialize the graph. The public alternative,
-        # `get_config()`, re-encodes the same links with node indices that
-        # are offset for nested models, so the graph is read here directly.
         self.order = {op.name: i for i, op in enumerate(view.operations)}
         arrays = {}
         for i, tensor in enumerate(view.inputs):
@@ -281,7 +278,7 @@ class ChannelGraph:
         try:
             rule = rules.channel_rule(layer, rank)
             outputs, mid = self._apply(layer, rule, node, inputs)
-        except rules.Unsupported as error:
+        except channel_rules.Unsupported as error:
             rule, mid = None, None
             reason = f"reaches {error}"
             for array in inputs:
@@ -306,33 +303,33 @@ class ChannelGraph:
         widths = [_width(t) for t in node.output_tensors]
         name = f"{type(layer).__name__} {layer.name!r}"
         if len(widths) != 1:
-            raise rules.Unsupported(f"{name}, which has {len(widths)} outputs")
+            raise channel_rules.Unsupported(f"{name}, which has {len(widths)} outputs")
         (width,) = widths
         mid = None
-        if rule.kind in (rules.PRODUCE, rules.SEPARABLE):
-            if rule.kind == rules.SEPARABLE:
+        if rule.kind in (channel_rules.PRODUCE, channel_rules.SEPARABLE):
+            if rule.kind == channel_rules.SEPARABLE:
                 mid = np.repeat(inputs[0], layer.depth_multiplier)
-            elif not any(a.channels == rules.IN for a in rule.axes):
+            elif not any(a.channels == channel_rules.IN for a in rule.axes):
                 for array in inputs:
                     self._pin(array, f"is read as indices by {name}")
             if layer.name not in self.produced:
                 self.produced[layer.name] = self._new(width)
             output = self.produced[layer.name]
-        elif rule.kind == rules.FOLLOW:
+        elif rule.kind == channel_rules.FOLLOW:
             output = inputs[0]
-        elif rule.kind == rules.REPEAT:
+        elif rule.kind == channel_rules.REPEAT:
             output = np.repeat(inputs[0], layer.depth_multiplier)
-        elif rule.kind == rules.CONCAT:
+        elif rule.kind == channel_rules.CONCAT:
             output = np.concatenate(inputs)
-        elif rule.kind == rules.FLATTEN:
+        elif rule.kind == channel_rules.FLATTEN:
             spatial = node.input_tensors[0].shape[1:-1]
             if any(d is None for d in spatial):
-                raise rules.Unsupported(f"{name}, whose input has an unknown spatial size {spatial}")
+                raise channel_rules.Unsupported(f"{name}, whose input has an unknown spatial size {spatial}")
             output = np.tile(inputs[0], math.prod(spatial))
         else:  # COUPLE: elementwise over inputs of the output's width
             full = [a for a in inputs if len(a) == width]
             if not full:
-                raise rules.Unsupported(f"{name}, which broadcasts every input along the channel axis")
+                raise channel_rules.Unsupported(f"{name}, which broadcasts every input along the channel axis")
             for array in inputs:
                 if len(array) != width:
                     self._pin(array, f"is broadcast by {name}")
@@ -340,7 +337,7 @@ class ChannelGraph:
                 self._join(full[0], array)
             output = full[0]
         if len(output) != width:
-            raise rules.Unsupported(f"{name}, which changes the channel axis ({len(output)} -> {width} channels)")
+            raise channel_rules.Unsupported(f"{name}, which changes the channel axis ({len(output)} -> {width} channels)")
         return [output], mid
 
     def _finish(self):
@@ -463,7 +460,7 @@ def _weight_slices(info, group_of_root, channel_of_root, sizes):
     """`(group index, WeightSlice)` pairs of one layer, in the order of its rule's weight axes."""
     weights = {w.name: w for w in info.layer.weights}
     # The first call: the channels of later calls are tied to it.
-    first_call = {rules.IN: info.inputs[0][0], rules.MID: info.mid[0], rules.OUT: info.outputs[0][0]}
+    first_call = {channel_rules.IN: info.inputs[0][0], channel_rules.MID: info.mid[0], channel_rules.OUT: info.outputs[0][0]}
     for axis in info.rule.axes:
         nodes = first_call[axis.channels]
         groups, channels = group_of_root[nodes], channel_of_root[nodes]
@@ -485,7 +482,7 @@ def _role(rule, axis):
     """The `WeightSlice` role of a weight axis of a layer with `rule`."""
     if axis.summed:
         return CONSUMER
-    if axis.channels == rules.OUT and rule.kind in (rules.PRODUCE, rules.SEPARABLE):
+    if axis.channels == channel_rules.OUT and rule.kind in (channel_rules.PRODUCE, channel_rules.SEPARABLE):
         return PRODUCER
     return MEMBER
 
@@ -527,12 +524,6 @@ def _width(tensor):
     return int(tensor.shape[-1]) if tensor.shape and tensor.shape[-1] is not None else 0
 
 
-def producing_call(tensor):
-    """The node (layer call) of a functional graph that produced `tensor`."""
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
-
-
 def model_calls(view):
     """The calls of a functional model, each after the calls it reads from."""
     inputs = {id(t) for t in view.inputs}
@@ -554,11 +545,6 @@ def model_calls(view):
     return order
 
 
-def _contains_wrapper(model):
-    return any(isinstance(layer, ParametrizedWrapper)
-               or (isinstance(layer, keras.Model) and _contains_wrapper(layer)) for layer in model.layers)
-
-
 def checked_model(model):
     """Returns `model` if it is a built functional or Sequential model.
 
@@ -571,11 +557,7 @@ def checked_model(model):
             f"Argument `model` must be a functional or Sequential keras.Model, "
             f"received: {model!r} (of type {type(model).__name__})."
         )
-    if not model.built:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
-            f"`model.build(input_shape)` or call it on a batch of data."
-        )
+    check_built(model)
     if not is_graph_model(model):
         raise ValueError(
             f"Argument `model` ({type(model).__name__} {model.name!r}) is a subclassed model, which has no "
@@ -587,7 +569,7 @@ def checked_model(model):
 def plain_model(model):
     """`model` checked, with tfsparse wrappers stripped if it holds any."""
     model = checked_model(model)
-    return strip(model) if _contains_wrapper(model) else model
+    return strip(model) if wrappers(model) else model
 
 
 def graph_view(model):

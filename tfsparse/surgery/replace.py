@@ -3,7 +3,8 @@
 import keras
 
 from tfsparse.surgery.clone import copy_layer
-from tfsparse.surgery.graph import checked_model, graph_view, model_calls, producing_call
+from tfsparse.keras_internals import producing_call
+from tfsparse.surgery.graph import checked_model, graph_view, model_calls
 
 
 def _clone_calls(model, replace):

@@ -9,8 +9,7 @@ module adds what every layer must satisfy to be mapped channel by channel
 import keras
 
 from tfsparse.registry import spec_of
-from tfsparse.registry.channels import (  # noqa: F401  (the vocabulary surgery reads as rules.X)
-    CONCAT, COUPLE, FLATTEN, FOLLOW, IN, MID, OUT, PRODUCE, REPEAT, SEPARABLE, ChannelRule, Unsupported, WeightAxis)
+from tfsparse.registry.channels import Unsupported
 
 
 def _set_target_width(config, width):
