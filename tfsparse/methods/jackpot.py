@@ -66,8 +66,8 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             stored in each layer's config).
 
     Returns:
-        A new model to compile and fit (the input is left unchanged; a
-        subclassed model is changed in place and returned).
+        A new, uncompiled model to compile and fit (the input is left
+        unchanged; a subclassed model is changed in place and returned).
 
     Raises:
         ValueError: for a sparsity out of range, an unknown `init`, unknown

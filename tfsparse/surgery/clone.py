@@ -2,6 +2,8 @@
 
 import keras
 
+from tfsparse import keras_internals
+
 
 def copy_layer(layer, weights=None):
     """Returns a new, built copy of `layer` holding `weights`.
@@ -22,6 +24,25 @@ def copy_layer(layer, weights=None):
     return new
 
 
+def clone_uncompiled(model, **kwargs):
+    """`keras.models.clone_model(model, recursive=True, **kwargs)`, left uncompiled.
+
+    Keras compiles the clone of a compiled model from its compile config,
+    which deserializes the user's optimizer (impossible for an unregistered
+    class, and a fresh optimizer state otherwise). A transform never reads
+    the compile state: the clone is returned uncompiled, as TFMOT does.
+
+    Args:
+        model: a Sequential or functional model.
+        **kwargs: `clone_function`, `call_function` of `clone_model`.
+
+    Returns:
+        The clone, not compiled; `model` keeps its compile state.
+    """
+    with keras_internals.compile_state_hidden(model):
+        return keras.models.clone_model(model, recursive=True, **kwargs)
+
+
 def is_graph_model(model):
     """True for Sequential and functional models (which Keras can clone)."""
     return isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None
@@ -31,10 +52,12 @@ def transform_layers(model, fn):
     """Returns `model` with every (non-model) layer replaced by `fn(layer)`.
 
     Sequential and functional models, nested ones included, are cloned: the
-    result is a new model and `model` is left as it was. `fn` must return a
-    new layer (use `copy_layer` for layers to keep). Subclassed models cannot
-    be cloned by Keras: their layer attributes (and lists of layers) are
-    replaced in place and the same model object is returned.
+    result is a new, uncompiled model (see `clone_uncompiled`) and `model`
+    is left as it was. `fn` must return a new layer (use `copy_layer` for
+    layers to keep). Subclassed models cannot be cloned by Keras: their
+    layer attributes (and lists of layers) are replaced in place and the
+    same model object is returned, uncompiled (compile it again before
+    `fit`).
 
     Raises:
         ValueError: if `model` is not built.
@@ -45,7 +68,7 @@ def transform_layers(model, fn):
             f"`model.build(input_shape)` or call it on a batch of data."
         )
     if is_graph_model(model):
-        return keras.models.clone_model(model, clone_function=fn, recursive=True)
+        return clone_uncompiled(model, clone_function=fn)
     # Keras locks a built layer's set of sublayers and offers no public way to
     # swap one; the tracker is unlocked for the swap only, as Keras itself
     # does while building.
@@ -56,6 +79,7 @@ def transform_layers(model, fn):
     finally:
         if locked:
             model._tracker.lock()
+    keras_internals.forget_compile_state(model)
     return model
 
 

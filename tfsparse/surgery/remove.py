@@ -25,7 +25,7 @@ def remove_channels(model, channels):
             the layers listed in `dependency_groups(model)[i].producers`.
 
     Returns:
-        A new `keras.Model` (Sequential if `model` is), with fewer
+        A new, uncompiled `keras.Model` (Sequential if `model` is), with fewer
         parameters and FLOPs; `model` is left unchanged.
 
     Raises:

@@ -32,7 +32,7 @@ def strip(model):
         model: a built Keras model, possibly holding tfsparse wrappers.
 
     Returns:
-        A `keras.Model` with the same outputs and no wrappers.
+        An uncompiled `keras.Model` with the same outputs and no wrappers.
 
     Example:
 
