@@ -250,6 +250,18 @@ def test_reloaded_search_continues_exactly_as_an_uninterrupted_one(tmp_path):
                 assert a.tobytes() == b.tobytes(), name
 
 
+def test_strip_unwraps_the_fixed_layers_into_trainable_plain_ones():
+    pretrained = _pretrained()
+    search = ts.lottery_jackpot(pretrained, 0.9, seed=0)
+    assert {type(layer.layer).__name__ for layer in search.layers if isinstance(layer, Fixed)} == {
+        "BatchNormalization", "Dense"
+    }
+    plain = ts.strip_pruning(search)
+    assert not any(isinstance(layer, (Fixed, Scored)) for layer in plain.layers)
+    assert [layer.name for layer in plain.layers[1:]] == [layer.name for layer in pretrained.layers[1:]]
+    assert len(plain.trainable_variables) == 2 * 4 + 2 * 2  # kernels and biases, gammas and betas
+
+
 def test_jackpot_optimizer_is_sgd_momentum_with_cosine_learning_rate():
     optimizer = ts.jackpot_optimizer(steps=100)
     assert isinstance(optimizer, keras.optimizers.SGD)
