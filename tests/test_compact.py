@@ -249,3 +249,67 @@ def _rewrite(path, target, change):
     packed = zlib.compress(json.dumps(header).encode())
     body = data[:12] + struct.pack("<I", len(packed)) + packed + payload
     target.write_bytes(body + hashlib.sha256(body).digest())
+
+
+class _Net(keras.Model):
+    """A subclassed model, made into a FreezeNet model in place."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.flatten = keras.layers.Flatten()
+        self.hidden = keras.layers.Dense(16, activation="relu")
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x, training=None):
+        return self.head(self.hidden(self.flatten(x)))
+
+
+@keras.saving.register_keras_serializable(package="tfsparse_tests")
+class RegisteredNet(_Net):
+    pass
+
+
+def _lambda_model():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Lambda(lambda t: 2.0 * t, name="double")(x)
+    return keras.Model(inputs, Frozen(keras.layers.Dense(3), seed=1)(x))
+
+
+def _subclassed_freezenet(cls):
+    net = cls(name="net")
+    x, y = _data(8)
+    net(x)
+    return ts.freezenet(net, 0.5, (x, y), seed=1)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_lambda_model, r"Lambda layers: \['double'\].*never runs code"),
+        (lambda: _subclassed_freezenet(_Net), r"cannot be rebuilt from its config.*Could not locate class.*subclassed"),
+        (lambda: _subclassed_freezenet(RegisteredNet), r"rebuilds from its config with other variables.*subclassed"),
+    ],
+    ids=["lambda", "subclassed", "registered_subclassed"],
+)
+def test_models_that_cannot_be_loaded_are_refused_at_save_time(make, message, tmp_path):
+    path = tmp_path / "model.tfsparse"
+    with pytest.raises(ValueError, match=message):
+        ts.export.save_compact(make(), str(path))
+    assert os.listdir(tmp_path) == []
+
+
+class UnregisteredAdam(keras.optimizers.Adam):
+    """An optimizer class that Keras cannot deserialize."""
+
+
+def test_compile_state_is_not_stored_and_an_unregistered_optimizer_does_not_matter(tmp_path):
+    model = _mixed_model()
+    model.compile(UnregisteredAdam(0.01), LOSS)
+    model.fit(*_data(8), verbose=0)
+    path = str(tmp_path / "model.tfsparse")
+    ts.export.save_compact(model, path)
+    loaded = ts.export.load_compact(path)
+    assert not loaded.compiled
+    x, _ = _data(4)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

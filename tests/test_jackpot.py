@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tfsparse as ts
 from tfsparse.layers import Scored
+from tfsparse.layers.fixed import Fixed
 from tfsparse.methods.jackpot import freeze_weights
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -43,7 +44,7 @@ def _weights_by_layer(model):
     """`{layer name: [arrays]}` of the plain layers, or the wrapped layers' own weights."""
     out = {}
     for layer in model.layers:
-        inner = layer.layer if isinstance(layer, Scored) else layer
+        inner = layer.layer if isinstance(layer, (Scored, Fixed)) else layer
         if inner.weights:
             out[inner.name] = [w.numpy() for w in inner.weights]
     return out
@@ -103,9 +104,8 @@ def test_weights_stay_bit_identical_under_any_optimizer(optimizer):
     search.fit(*_data(), batch_size=16, epochs=2, verbose=0, callbacks=[ts.callbacks.ShortRestriction()])
     after = _weights_by_layer(search)
     for name, arrays in before.items():
-        layer = search.get_layer(name) if name.startswith("bn") else None
         for variable_index, (a, b) in enumerate(zip(arrays, after[name])):
-            if layer is not None and variable_index >= 2:
+            if name.startswith("bn") and variable_index >= 2:
                 # BatchNormalization normalised with batch statistics: its moving
                 # statistics moved; gamma and beta did not.
                 assert not np.array_equal(a, b)
@@ -161,7 +161,7 @@ def test_classifier_stays_dense_unless_asked():
     assert [layer.layer.name for layer in _scored(everything)] == ["conv1", "conv2", "fc", "classifier"]
     some = ts.lottery_jackpot(pretrained, 0.5, exclude=["conv1", "classifier"])
     assert [layer.layer.name for layer in _scored(some)] == ["conv2", "fc"]
-    classifier = some.get_layer("classifier")
+    classifier = some.get_layer("fixed_classifier").layer
     assert not any(v.trainable for v in classifier.weights)
 
 
@@ -203,6 +203,63 @@ def test_save_load_and_freeze_weights_resume_the_search(tmp_path):
     info = ts.summary(loaded, print_fn=None)
     assert "hamming" in info.columns
     assert info.total["hamming"] == sum(layer.summary_fields()["hamming"] for layer in _scored(search))
+
+
+def _search_state(search):
+    """Every variable of the search and of its optimizer, and the learning rate."""
+    optimizer = search.optimizer
+    return {
+        "variables": {v.path: v.numpy() for v in search.variables},
+        "optimizer": [v.numpy() for v in optimizer.variables],
+        "iterations": int(optimizer.iterations.numpy()),
+        "learning_rate": float(optimizer.learning_rate.numpy()),
+    }
+
+
+def test_reloaded_search_continues_exactly_as_an_uninterrupted_one(tmp_path):
+    x, y = _data()
+    pretrained = _pretrained()
+
+    def fit(model, epochs, initial_epoch=0):
+        model.fit(x, y, batch_size=16, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
+                  callbacks=[ts.callbacks.ShortRestriction(lambda epoch: 0.5 ** epoch)])
+
+    uninterrupted = ts.lottery_jackpot(pretrained, 0.9, seed=0)
+    uninterrupted.compile(ts.jackpot_optimizer(steps=12, learning_rate=2.0), LOSS)
+    fit(uninterrupted, epochs=3)
+    interrupted = ts.lottery_jackpot(pretrained, 0.9, seed=0)
+    interrupted.compile(ts.jackpot_optimizer(steps=12, learning_rate=2.0), LOSS)
+    fit(interrupted, epochs=1)
+    interrupted.save(tmp_path / "search.keras")
+    resumed = keras.saving.load_model(tmp_path / "search.keras")
+    assert [v.path for v in resumed.trainable_variables] == [v.path for v in interrupted.trainable_variables]
+    assert int(resumed.optimizer.iterations.numpy()) == 4
+    fit(resumed, epochs=3, initial_epoch=1)
+    expected, received = _search_state(uninterrupted), _search_state(resumed)
+    assert received["variables"].keys() == expected["variables"].keys()
+    for path, value in expected["variables"].items():
+        np.testing.assert_array_equal(received["variables"][path], value, err_msg=path)
+    for a, b in zip(expected["optimizer"], received["optimizer"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert received["iterations"] == expected["iterations"] == 12
+    assert received["learning_rate"] == expected["learning_rate"]
+    pretrained_weights = _weights_by_layer(pretrained)
+    for name in ("bn1", "bn2", "classifier"):
+        for variable_index, (a, b) in enumerate(zip(pretrained_weights[name], _weights_by_layer(resumed)[name])):
+            if variable_index < 2:  # kernel and bias, gamma and beta: frozen
+                assert a.tobytes() == b.tobytes(), name
+
+
+def test_strip_unwraps_the_fixed_layers_into_trainable_plain_ones():
+    pretrained = _pretrained()
+    search = ts.lottery_jackpot(pretrained, 0.9, seed=0)
+    assert {type(layer.layer).__name__ for layer in search.layers if isinstance(layer, Fixed)} == {
+        "BatchNormalization", "Dense"
+    }
+    plain = ts.strip_pruning(search)
+    assert not any(isinstance(layer, (Fixed, Scored)) for layer in plain.layers)
+    assert [layer.name for layer in plain.layers[1:]] == [layer.name for layer in pretrained.layers[1:]]
+    assert len(plain.trainable_variables) == 2 * 4 + 2 * 2  # kernels and biases, gammas and betas
 
 
 def test_jackpot_optimizer_is_sgd_momentum_with_cosine_learning_rate():

@@ -222,6 +222,56 @@ def test_block_sparsity_prunes_whole_blocks():
     assert blocks.mean(axis=1).sum() == 3  # round(0.5 * 6) blocks pruned
 
 
+def _edge(rows, cols, block_size):
+    """True on the entries of the partial blocks at the bottom and right edges."""
+    edge = np.zeros((rows, cols), bool)
+    edge[rows - rows % block_size[0]:, :] = True
+    edge[:, cols - cols % block_size[1]:] = True
+    return edge
+
+
+def test_partial_edge_blocks_score_by_their_real_entries():
+    edge = _edge(32, 10, (3, 3))  # 50 entries in the partial blocks
+    # AVG: edge blocks scoring higher than the rest must all be kept.
+    scores = np.where(edge, 2.0, 1.0).astype("float32")
+    mask = ts.scoring.block_mask(tf.constant(scores), 0.5, (3, 3), "AVG").numpy()
+    assert np.all(mask[edge] == 1)
+    assert _zeros(mask) == 162  # 18 full blocks: the count closest to 0.5 * 320
+    # MAX over negative scores: edge blocks scoring lower must go first.
+    scores = np.where(edge, -5.0, -1.0).astype("float32")
+    mask = ts.scoring.block_mask(tf.constant(scores), 50 / 320, (3, 3), "MAX").numpy()
+    np.testing.assert_array_equal(mask, np.where(edge, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("pooling", ["AVG", "MAX"])
+@pytest.mark.parametrize("block_size", [(3, 3), (4, 3), (1, 4)])
+def test_block_sparsity_counts_real_weights_and_follows_block_scores(block_size, pooling):
+    rng = np.random.default_rng(0)
+    rows, cols = 32, 10
+    br, bc = block_size
+    grid = (-(-rows // br), -(-cols // bc))
+    pool = np.mean if pooling == "AVG" else np.max
+    for sparsity in [0.0, 0.1, 0.37, 0.5, 0.9, 1.0]:
+        scores = np.abs(rng.normal(size=(rows, cols))).astype("float32")
+        mask = ts.scoring.block_mask(tf.constant(scores), sparsity, block_size, pooling).numpy()
+        kept, pooled = np.zeros(grid), np.zeros(grid)
+        for i in range(grid[0]):
+            for j in range(grid[1]):
+                block = (slice(i * br, (i + 1) * br), slice(j * bc, (j + 1) * bc))
+                assert len(set(mask[block].ravel().tolist())) == 1  # kept or pruned whole
+                kept[i, j], pooled[i, j] = mask[block].flat[0], pool(scores[block])
+        if 0 < kept.sum() < kept.size:
+            assert pooled[kept == 0].max() <= pooled[kept == 1].min()
+        assert abs(_zeros(mask) - round(sparsity * mask.size)) <= br * bc / 2
+
+
+def test_block_sparsity_of_a_classifier_is_the_target_in_weights():
+    layer = Masked(keras.layers.Dense(10), pruning_schedule=ts.schedules.ConstantSparsity(0.5, 0), block_size=(3, 3))
+    layer.build((None, 32))
+    layer(np.ones((1, 32), "float32"), training=True)
+    assert abs(_zeros(layer.masks[0]) - 160) <= 4  # within half a 3x3 block of 0.5 * 320
+
+
 def test_custom_training_loop_needs_no_callback():
     model = ts.prune_low_magnitude(
         ts.models.lenet_300_100((8, 8, 1)), ts.schedules.PolynomialDecay(0.0, 0.75, 0, 30, frequency=10)

@@ -70,3 +70,36 @@ def call_context():
     each replica of a distribution strategy gets its own.
     """
     return global_state.get_global_attribute("current_call_ctx")
+
+
+@contextlib.contextmanager
+def compile_state_hidden(model):
+    """Makes `model` and its nested models look uncompiled inside the block.
+
+    `keras.models.clone_model` compiles every clone of a compiled model
+    from its compile config, which deserializes the user's optimizer: that
+    fails for a custom optimizer class that is not registered, and
+    otherwise hands back a fresh optimizer. It has no argument to skip
+    this; clearing the `compiled` flag that it reads, for the time of the
+    clone, is the only way short of copying Keras' cloning code.
+    """
+    models = [m for m in model._flatten_layers(include_self=True) if getattr(m, "compiled", False)]
+    for compiled in models:
+        compiled.compiled = False
+    try:
+        yield
+    finally:
+        for compiled in models:
+            compiled.compiled = True
+
+
+def forget_compile_state(model):
+    """Leaves `model` uncompiled, without the step functions traced for it.
+
+    Keras caches the traced train, test and predict functions on the model
+    and drops them only in `compile`; a model whose layers were swapped in
+    place would otherwise keep running (and training) the old layers. Keras
+    has no public way to un-compile a model.
+    """
+    model.compiled = False
+    model.train_function = model.test_function = model.predict_function = None

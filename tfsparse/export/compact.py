@@ -22,6 +22,7 @@ never stored: loading regenerates them from the seed, and the `Frozen`
 layers' configs carry SHA-256 fingerprints of them that building checks.
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import tensorflow as tf
 
 from tfsparse.export.saved_model import check_model
 from tfsparse.layers.frozen import GENERATOR, GENERATOR_VERSION, Frozen
+from tfsparse.surgery.clone import is_graph_model
 from tfsparse.walk import named_layers
 
 MAGIC = b"TFSPCMPT"
@@ -63,14 +65,24 @@ def save_compact(model, path):
     and renamed, so an interrupted save never leaves a partial file at
     `path`.
 
+    A file is written only if `load_compact` can read it: the model is
+    rebuilt once from the config about to be written, as `load_compact`
+    will, and must give the same variables. Models that cannot be rebuilt
+    are refused: a `Lambda` layer (`load_compact` never runs code from a
+    file), a subclassed model whose layers tfsparse replaced in place (its
+    config describes the original layers), a class that is not registered.
+    Classes registered with `keras.saving.register_keras_serializable` must
+    also be imported in the process that loads the file.
+
     Args:
         model: a built Keras model.
         path: the file to write (e.g. `"model.tfsparse"`).
 
     Raises:
         TypeError: if `model` is not a Keras model or `path` is not a path.
-        ValueError: if the model is not built or holds a variable of a dtype
-            the format does not store (see `DTYPES`).
+        ValueError: if the model is not built, holds a variable of a dtype
+            the format does not store (see `DTYPES`), or cannot be rebuilt
+            from its config (the message says why).
 
     Example:
 
@@ -105,8 +117,10 @@ def save_compact(model, path):
         elif role[0] == "dense":
             entry.update(put(value))
         entries.append(entry)
+    config = _without_compile_state(keras.saving.serialize_keras_object(model))
+    _check_rebuilds(model, config)
     header = {
-        "model": keras.saving.serialize_keras_object(model),
+        "model": config,
         "generator": {"name": GENERATOR, "version": GENERATOR_VERSION},
         "seeds": sorted({layer.seed for layer in _frozen_layers(model)}),
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
@@ -212,6 +226,53 @@ def _build(config, path):
     if not isinstance(model, keras.Model) or not model.built:
         raise CompactFileError(f"{path!s} does not describe a built Keras model.")
     return model
+
+
+def _check_rebuilds(model, config):
+    """Raises ValueError unless `config` rebuilds a model with `model`'s variables."""
+    code = [path for path, layer in named_layers(model) if isinstance(layer, keras.layers.Lambda)]
+    if _has_code(config):
+        raise ValueError(
+            f"Argument `model` ({model.name!r}) holds serialized Python code (Lambda layers: {code}); "
+            f"`load_compact` never runs code from a file, so it could not read this checkpoint. Replace "
+            f"each Lambda by a layer class registered with `keras.saving.register_keras_serializable`."
+        )
+    hint = (
+        ""
+        if is_graph_model(model)
+        else " A subclassed model is rebuilt by its class from `get_config`, which does not describe layers "
+        "that tfsparse replaced in place; build the model as a functional or Sequential model."
+    )
+    try:
+        rebuilt = _build(copy.deepcopy(config), f"the config of {model.name!r}")
+    except CompactFileError as error:
+        raise ValueError(
+            f"Argument `model` ({type(model).__name__} {model.name!r}) cannot be rebuilt from its config, "
+            f"so `load_compact` could not read its checkpoint: {error}.{hint}"
+        ) from error
+    if _signature(rebuilt) != _signature(model):
+        raise ValueError(
+            f"Argument `model` ({type(model).__name__} {model.name!r}) rebuilds from its config with other "
+            f"variables than it has, so `load_compact` could not read its checkpoint.{hint}"
+        )
+
+
+def _without_compile_state(config):
+    """`config` without the compile configs that Keras adds to compiled models.
+
+    The optimizer state is not stored, and rebuilding would deserialize the
+    optimizer (impossible for an unregistered class) and compile the model.
+    """
+    if isinstance(config, dict):
+        return {k: _without_compile_state(v) for k, v in config.items() if k != "compile_config"}
+    if isinstance(config, list):
+        return [_without_compile_state(v) for v in config]
+    return config
+
+
+def _signature(model):
+    """Role, shape and dtype of every variable, in `model.weights` order."""
+    return [(role[0], tuple(v.shape), _dtype(v)) for v, role in _roles(model)]
 
 
 def _decode(model, entries, payload, path):

@@ -1,8 +1,9 @@
 """Keras layer wrappers that parametrize a layer's weights."""
 
+from tfsparse.layers.fixed import Fixed
 from tfsparse.layers.frozen import Frozen
 from tfsparse.layers.masked import Masked
 from tfsparse.layers.scored import Scored
 from tfsparse.layers.wrapper import ParametrizedWrapper
 
-__all__ = ["Frozen", "Masked", "ParametrizedWrapper", "Scored"]
+__all__ = ["Fixed", "Frozen", "Masked", "ParametrizedWrapper", "Scored"]

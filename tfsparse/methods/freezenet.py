@@ -27,8 +27,8 @@ def reinitialize(model, seed):
         seed: an integer in `[0, 2**32)`.
 
     Returns:
-        A new `keras.Model` (a subclassed model is changed in place, see
-        `tfsparse.surgery.transform_layers`).
+        A new, uncompiled `keras.Model` (a subclassed model is changed in
+        place, see `tfsparse.surgery.transform_layers`).
 
     Raises:
         ValueError: if the model is not built or already holds tfsparse wrappers.
@@ -99,7 +99,8 @@ def freezenet(model, freeze_rate, data, seed=None, batches=1, loss=None):
             categorical cross-entropy on logits.
 
     Returns:
-        A new `keras.Model` with `Frozen` layers, ready to `compile` and `fit`.
+        A new, uncompiled `keras.Model` with `Frozen` layers, ready to
+        `compile` and `fit`.
 
     Raises:
         ValueError: for a bad `freeze_rate`, `batches` or `seed`, an unbuilt

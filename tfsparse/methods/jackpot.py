@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from tfsparse import checks
+from tfsparse.layers.fixed import Fixed
 from tfsparse.layers.scored import INITS, Scored
 from tfsparse.registry import is_prunable, prunable_layer_types, prunable_weight_names
 from tfsparse.scoring import magnitude
@@ -24,11 +25,12 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     the wrapped kernels, and stays exact for the whole search.
 
     All other weights are frozen too (biases, the dense classifier,
-    BatchNormalization's gamma and beta): their variables are made
-    non-trainable (`variable.trainable = False`), so optimizers never see
-    them and they stay bit-identical. BatchNormalization layers themselves
-    stay trainable, so during `fit` they normalise with batch statistics and
-    update their moving statistics, as in the reference code (setting a
+    BatchNormalization's gamma and beta): every other layer with trainable
+    weights is wrapped in `tfsparse.layers.fixed.Fixed`, which makes its
+    variables non-trainable, so optimizers never see them and they stay
+    bit-identical. BatchNormalization layers themselves stay trainable, so
+    during `fit` they normalise with batch statistics and update their
+    moving statistics, as in the reference code (setting a
     BatchNormalization layer's `trainable=False` would switch it to
     inference mode in Keras 3); the moving statistics are therefore the only
     state besides the masks that differs from the pre-trained model. Their
@@ -36,9 +38,11 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     ten times more slowly than the reference's (PyTorch's 0.1, i.e. 0.9 in
     Keras terms), which shows in evaluations early in a short search; set
     `layer.momentum = 0.9` on the search model's BatchNormalization layers
-    to match the reference. Keras does not save the `trainable` flag of
-    single variables: after `keras.saving.load_model` of a search in
-    progress, call `freeze_weights(model)` again before resuming.
+    to match the reference. The frozen state is part of the layers'
+    construction, so a search saved with `model.save` and reloaded with
+    `keras.saving.load_model` has the same trainable variables, hence its
+    optimizer state back (step count, momentum, learning rate), and
+    continues exactly as an uninterrupted search would.
 
     The default recipe, as in the reference: SGD with momentum 0.9 and a
     cosine learning rate from 0.1 (`tfsparse.optimizers.cosine_sgd`), weight decay 5e-4
@@ -64,8 +68,8 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             stored in each layer's config).
 
     Returns:
-        A new model to compile and fit (the input is left unchanged; a
-        subclassed model is changed in place and returned).
+        A new, uncompiled model to compile and fit (the input is left
+        unchanged; a subclassed model is changed in place and returned).
 
     Raises:
         ValueError: for a sparsity out of range, an unknown `init`, unknown
@@ -118,15 +122,14 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
 
     def wrap(layer):
         if id(layer) not in plan:
-            return copy_layer(layer)
+            copy = copy_layer(layer)
+            return Fixed(copy) if copy.trainable_weights else copy
         index, layer_sparsity = plan[id(layer)]
         return Scored(
             copy_layer(layer), sparsity=layer_sparsity, init=init, seed=seed + index, score_regularizer=regularizer
         )
 
-    search = transform_layers(model, wrap)
-    freeze_weights(search)
-    return search
+    return transform_layers(model, wrap)
 
 
 def layer_sparsities(layers, sparsity):
@@ -156,8 +159,11 @@ def layer_sparsities(layers, sparsity):
 def freeze_weights(model):
     """Makes every variable of `model` non-trainable except the jackpot scores.
 
-    Layers keep their `trainable` flag, so BatchNormalization still uses
-    batch statistics in training.
+    `lottery_jackpot` freezes its search models by construction; this is
+    for models that place `Scored` layers by hand. Layers keep their
+    `trainable` flag, so BatchNormalization still uses batch statistics in
+    training. Keras does not save the flags of single variables: call it
+    again after `keras.saving.load_model`, before `compile`.
 
     Args:
         model: a model holding `tfsparse.layers.Scored` layers.

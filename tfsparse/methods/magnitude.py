@@ -52,8 +52,8 @@ def prune_low_magnitude(
             raise a `TypeError`.
 
     Returns:
-        The wrapped model (a new one, except for subclassed models), or a
-        `tfsparse.layers.Masked` layer.
+        The wrapped model, uncompiled (a new one, except for subclassed
+        models), or a `tfsparse.layers.Masked` layer.
 
     Raises:
         TypeError: for an unsupported layer (unless `skip_unsupported`).

@@ -1,5 +1,6 @@
 """Masks that keep the largest scores: exact top-k, blocks, and m-by-n."""
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -30,28 +31,76 @@ def topk_mask(scores, sparsity):
 
 
 def block_mask(scores, sparsity, block_size, pooling="AVG"):
-    """Top-k over blocks of a 2-D score matrix, each block kept or pruned whole.
+    """Prunes whole blocks of a 2-D score matrix, lowest block scores first.
+
+    The matrix is tiled with `block_size` blocks from the top left; when a
+    side is not a multiple of the block side, the blocks on that edge are
+    partial (they hold fewer real entries). A block's score pools its real
+    entries only: their mean (`"AVG"`) or their maximum (`"MAX"`), so a
+    partial block is neither favoured nor penalized for its size.
+
+    Sparsity is counted in entries, not blocks. Blocks are taken in
+    increasing score order (equal scores by position, row-major), and the
+    pruned blocks are the prefix of that order whose number of real
+    entries is closest to the target `round(sparsity * rows * cols)`
+    (between two equally close prefixes, the shorter one), so the pruned
+    count is within half a block of the target.
 
     Args:
-        scores: a rank-2 float tensor.
-        sparsity: fraction of *blocks* to prune.
-        block_size: `(rows, cols)` of a block; the matrix is padded with
-            zeros to a whole number of blocks.
+        scores: a rank-2 float tensor with a static shape.
+        sparsity: fraction of the entries to prune, a scalar in [0, 1]
+            (Python float or tensor).
+        block_size: `(rows, cols)` of a block.
         pooling: `"AVG"` or `"MAX"`: how a block's score is pooled.
 
     Returns:
-        A mask of the shape of `scores`.
+        A 0/1 mask of the shape and dtype of `scores`.
+
+    Example:
+
+    >>> block_mask(tf.constant([[1., 1., 9.], [1., 1., 9.]]), 0.5, (2, 2)).numpy()
+    array([[0., 0., 1.],
+           [0., 0., 1.]], dtype=float32)
     """
+    rows, cols = scores.shape
+    sizes = _block_sizes(rows, cols, block_size)
+    block_scores = tf.reshape(_pooled_blocks(scores, block_size, pooling, sizes), [-1])
+    order = tf.argsort(block_scores, stable=True)
+    pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes.reshape(-1), order))], axis=0)
+    count = tf.argmin(tf.abs(pruned_so_far - num_pruned(sparsity, rows * cols)), output_type=tf.int32)
+    pruned_in_order = tf.range(tf.size(order)) < count
+    kept = tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), scores.dtype), tf.shape(order))
+    kept = tf.reshape(kept, _grid_shape(rows, cols, block_size))
+    br, bc = block_size
+    return tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)[:rows, :cols]
+
+
+def _grid_shape(rows, cols, block_size):
+    """`(block rows, block columns)` of a `rows x cols` matrix tiled with `block_size`."""
+    return -(-rows // block_size[0]), -(-cols // block_size[1])
+
+
+def _block_sizes(rows, cols, block_size):
+    """Number of real entries in each block, an int array of the block grid's shape."""
+    block_rows, block_cols = _grid_shape(rows, cols, block_size)
+    br, bc = block_size
+    heights = np.minimum(br, rows - br * np.arange(block_rows))
+    widths = np.minimum(bc, cols - bc * np.arange(block_cols))
+    return np.outer(heights, widths).astype(np.int32)
+
+
+def _pooled_blocks(scores, block_size, pooling, sizes):
+    """Each block's mean or maximum over its real entries, shaped like the block grid."""
     rows, cols = scores.shape
     br, bc = block_size
     pr, pc = -rows % br, -cols % bc
-    padded = tf.pad(scores, [[0, pr], [0, pc]])
+    # Padding that can never win a maximum; it adds nothing to a sum.
+    fill = scores.dtype.min if pooling == "MAX" else 0
+    padded = tf.pad(scores, [[0, pr], [0, pc]], constant_values=fill)
     blocks = tf.reshape(padded, [(rows + pr) // br, br, (cols + pc) // bc, bc])
-    pool = tf.reduce_mean if pooling == "AVG" else tf.reduce_max
-    block_scores = pool(blocks, axis=[1, 3])
-    kept = topk_mask(block_scores, sparsity)
-    full = tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)
-    return full[:rows, :cols]
+    if pooling == "MAX":
+        return tf.reduce_max(blocks, axis=[1, 3])
+    return tf.reduce_sum(blocks, axis=[1, 3]) / tf.constant(sizes, scores.dtype)
 
 
 def m_by_n_mask(scores, m_by_n):

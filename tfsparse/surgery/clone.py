@@ -2,6 +2,9 @@
 
 import keras
 
+from tfsparse import keras_internals
+from tfsparse.checks import check_built
+
 
 def copy_layer(layer, weights=None):
     """Returns a new, built copy of `layer` holding `weights`.
@@ -22,6 +25,25 @@ def copy_layer(layer, weights=None):
     return new
 
 
+def clone_uncompiled(model, **kwargs):
+    """`keras.models.clone_model(model, recursive=True, **kwargs)`, left uncompiled.
+
+    Keras compiles the clone of a compiled model from its compile config,
+    which deserializes the user's optimizer (impossible for an unregistered
+    class, and a fresh optimizer state otherwise). A transform never reads
+    the compile state: the clone is returned uncompiled, as TFMOT does.
+
+    Args:
+        model: a Sequential or functional model.
+        **kwargs: `clone_function`, `call_function` of `clone_model`.
+
+    Returns:
+        The clone, not compiled; `model` keeps its compile state.
+    """
+    with keras_internals.compile_state_hidden(model):
+        return keras.models.clone_model(model, recursive=True, **kwargs)
+
+
 def is_graph_model(model):
     """True for Sequential and functional models (which Keras can clone)."""
     return isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None
@@ -31,31 +53,22 @@ def transform_layers(model, fn):
     """Returns `model` with every (non-model) layer replaced by `fn(layer)`.
 
     Sequential and functional models, nested ones included, are cloned: the
-    result is a new model and `model` is left as it was. `fn` must return a
-    new layer (use `copy_layer` for layers to keep). Subclassed models cannot
-    be cloned by Keras: their layer attributes (and lists of layers) are
-    replaced in place and the same model object is returned.
+    result is a new, uncompiled model (see `clone_uncompiled`) and `model`
+    is left as it was. `fn` must return a new layer (use `copy_layer` for
+    layers to keep). Subclassed models cannot be cloned by Keras: their
+    layer attributes (and lists of layers) are replaced in place and the
+    same model object is returned, uncompiled (compile it again before
+    `fit`).
 
     Raises:
         ValueError: if `model` is not built.
     """
-    if not model.built:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) is not built. Build it first, e.g. "
-            f"`model.build(input_shape)` or call it on a batch of data."
-        )
+    check_built(model)
     if is_graph_model(model):
-        return keras.models.clone_model(model, clone_function=fn, recursive=True)
-    # Keras locks a built layer's set of sublayers and offers no public way to
-    # swap one; the tracker is unlocked for the swap only, as Keras itself
-    # does while building.
-    locked = model._tracker.locked
-    model._tracker.unlock()
-    try:
+        return clone_uncompiled(model, clone_function=fn)
+    with keras_internals.unlocked(model):
         _replace_attributes(model, fn)
-    finally:
-        if locked:
-            model._tracker.lock()
+    keras_internals.forget_compile_state(model)
     return model
 
 
@@ -81,12 +94,10 @@ def _swap(model, name, old, new):
 
 
 def _untrack(model, old, new):
-    # Keras' attribute tracking appends the new layer but keeps the old one in
-    # `model._layers`; drop it so its variables are not listed twice. The new
-    # layer is built now: variables cannot be created inside a traced step.
+    # The new layer is built now: variables cannot be created inside a
+    # traced step.
     if old is new:
         return
-    if old in model._layers:
-        model._layers.remove(old)
+    keras_internals.forget_sublayer(model, old)
     if old.built and not new.built:
         new.build_from_config(old.get_build_config())

@@ -28,7 +28,7 @@ def merge_channels(model, clusters):
             cluster are kept as they are.
 
     Returns:
-        A new, narrower `keras.Model` (Sequential if `model` is).
+        A new, narrower, uncompiled `keras.Model` (Sequential if `model` is).
 
     Raises:
         TypeError: if `model` is not a Keras model or `clusters` is not a

@@ -29,7 +29,7 @@ def remove_channels(model, channels):
             indices. Both kinds of key can be mixed.
 
     Returns:
-        A new `keras.Model` (Sequential if `model` is), with fewer
+        A new, uncompiled `keras.Model` (Sequential if `model` is), with fewer
         parameters and FLOPs; `model` is left unchanged.
 
     Raises:

@@ -2,8 +2,8 @@
 
 import keras
 
-from tfsparse.surgery.clone import copy_layer
 from tfsparse.keras_internals import producing_call
+from tfsparse.surgery.clone import clone_uncompiled, copy_layer
 from tfsparse.surgery.graph import checked_model, graph_view, model_calls
 
 
@@ -18,7 +18,7 @@ def _clone_calls(model, replace):
             return replace[id(layer)](*args, **kwargs)
         return layer(*args, **kwargs)
 
-    return keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)
+    return clone_uncompiled(model, clone_function=clone, call_function=call)
 
 
 def _layer(view, name, argument):
@@ -51,7 +51,8 @@ def replace_layer(model, layer_name, build_fn):
         build_fn: `build_fn(layer) -> callable`.
 
     Returns:
-        A new functional `keras.Model` (also for a Sequential model).
+        A new, uncompiled functional `keras.Model` (also for a Sequential
+        model).
 
     Raises:
         TypeError: if `model` is not a Keras model, `layer_name` is not a
@@ -108,7 +109,7 @@ def remove_blocks(model, merge_names):
         merge_names: names of the `Add` layers that end the blocks to drop.
 
     Returns:
-        A new functional `keras.Model` without those branches.
+        A new, uncompiled functional `keras.Model` without those branches.
 
     Raises:
         TypeError: if `model` is not a Keras model or `merge_names` is not a

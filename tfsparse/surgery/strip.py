@@ -2,6 +2,7 @@
 
 import keras
 
+from tfsparse.layers.fixed import Fixed
 from tfsparse.layers.wrapper import ParametrizedWrapper
 from tfsparse.surgery.clone import copy_layer, transform_layers
 
@@ -9,8 +10,11 @@ from tfsparse.surgery.clone import copy_layer, transform_layers
 def unwrap(layer):
     """Returns a plain copy of a wrapped layer holding its effective weights.
 
-    Any other layer is returned as a copy with its own weights.
+    A `Fixed` layer gives a copy of the layer it wraps; any other layer is
+    returned as a copy with its own weights.
     """
+    if isinstance(layer, Fixed):
+        return copy_layer(layer.layer)
     if not isinstance(layer, ParametrizedWrapper):
         return copy_layer(layer)
     inner = layer.layer
@@ -32,7 +36,7 @@ def strip(model):
         model: a built Keras model, possibly holding tfsparse wrappers.
 
     Returns:
-        A `keras.Model` with the same outputs and no wrappers.
+        An uncompiled `keras.Model` with the same outputs and no wrappers.
 
     Example:
 
