@@ -225,10 +225,10 @@ def test_reloaded_search_continues_exactly_as_an_uninterrupted_one(tmp_path):
                   callbacks=[ts.callbacks.ShortRestriction(lambda epoch: 0.5 ** epoch)])
 
     uninterrupted = ts.lottery_jackpot(pretrained, 0.9, seed=0)
-    uninterrupted.compile(ts.jackpot_optimizer(steps=12, learning_rate=2.0), LOSS)
+    uninterrupted.compile(ts.optimizers.cosine_sgd(steps=12, learning_rate=2.0), LOSS)
     fit(uninterrupted, epochs=3)
     interrupted = ts.lottery_jackpot(pretrained, 0.9, seed=0)
-    interrupted.compile(ts.jackpot_optimizer(steps=12, learning_rate=2.0), LOSS)
+    interrupted.compile(ts.optimizers.cosine_sgd(steps=12, learning_rate=2.0), LOSS)
     fit(interrupted, epochs=1)
     interrupted.save(tmp_path / "search.keras")
     resumed = keras.saving.load_model(tmp_path / "search.keras")
