@@ -29,8 +29,11 @@ class PruningSummaries(keras.callbacks.Callback):
     - `sparsity/<layer path>/<weight>`: the fraction of zeros in each
       prunable weight's *effective* value (any tfsparse wrapper);
     - `target_sparsity/<layer path>`: the sparsity the schedule of each
-      scheduled `tfsparse.layers.Masked` layer asks for at its current
-      pruning step (`m / n` for m-by-n sparsity).
+      scheduled `tfsparse.layers.Masked` layer asks for at its
+      `pruning_step`, i.e. at the last training batch (the k-th batch is
+      step k, as in TFMOT), so it is the target of the masks the layer uses
+      once the schedule has pruned at that step (`m / n` for m-by-n
+      sparsity).
 
     The events go to `log_dir` itself, so a `keras.callbacks.TensorBoard`
     writing losses to the same directory shows beside them. Unlike TFMOT's
