@@ -53,7 +53,8 @@ def test_first_training_call_uses_new_masks_of_every_member(compiled):
     assert [layer.group["index"] for layer in (model.head, model.body)] == [0, 1]
     call = tf.function(lambda x: model(x, training=True)) if compiled else (lambda x: model(x, training=True))
     outputs = call(x)
-    assert all(0 < kept < layer.masks[0].shape.num_elements() for kept, layer in zip(_kept(model), _masked_layers(model)))
+    sizes = [layer.masks[0].shape.num_elements() for layer in _masked_layers(model)]
+    assert all(0 < kept < size for kept, size in zip(_kept(model), sizes))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), ts.strip(model)(x), rtol=1e-6, atol=1e-6)
 
 
@@ -93,9 +94,8 @@ def test_fit_prunes_the_whole_group(run_eagerly):
 def test_mirrored_strategy_updates_the_group_on_every_replica(two_replica_strategy):
     x, y = _data(32)
     with two_replica_strategy.scope():
-        model = ts.prune_low_magnitude(
-            _dense_model(), ts.schedules.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=4, frequency=2), scope="global"
-        )
+        schedule = ts.schedules.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=4, frequency=2)
+        model = ts.prune_low_magnitude(_dense_model(), schedule, scope="global")
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     replicas = [[v.numpy() for v in layer.masks[0].value.values] for layer in _masked_layers(model)]

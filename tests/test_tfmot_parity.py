@@ -58,7 +58,9 @@ def _tfmot_zeros_per_batch(schedule_name, schedule_args, batches, inputs=10, uni
 
 
 SCHEDULES = {
-    "gradual": ("PolynomialDecay", dict(initial_sparsity=0.2, final_sparsity=0.6, begin_step=1, end_step=4, frequency=1)),
+    "gradual": (
+        "PolynomialDecay", dict(initial_sparsity=0.2, final_sparsity=0.6, begin_step=1, end_step=4, frequency=1)
+    ),
     "begin_step_0": ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=0, frequency=2)),
     "one_shot_at_3": ("ConstantSparsity", dict(target_sparsity=0.5, begin_step=3, end_step=3, frequency=1)),
     "almost_all": ("ConstantSparsity", dict(target_sparsity=0.9999, begin_step=1, frequency=1)),
@@ -98,7 +100,9 @@ def test_a_schedule_that_never_prunes_in_training_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "sparsity, inputs, units", [(0.9999, 10, 10), (0.99, 10, 4), (0.999, 3, 1)], ids=["100_weights", "40_weights", "3_weights"]
+    "sparsity, inputs, units",
+    [(0.9999, 10, 10), (0.99, 10, 4), (0.999, 3, 1)],
+    ids=["100_weights", "40_weights", "3_weights"],
 )
 def test_layer_scope_keeps_one_weight(sparsity, inputs, units):
     model = ts.prune_low_magnitude(_dense(inputs, units), ts.schedules.ConstantSparsity(sparsity, 0, frequency=1))
@@ -110,7 +114,8 @@ def test_layer_scope_keeps_one_weight(sparsity, inputs, units):
 
 
 def test_block_scope_keeps_one_block():
-    layer = Masked(keras.layers.Dense(4), pruning_schedule=ts.schedules.ConstantSparsity(0.9, 0, frequency=1), block_size=(2, 2))
+    schedule = ts.schedules.ConstantSparsity(0.9, 0, frequency=1)
+    layer = Masked(keras.layers.Dense(4), pruning_schedule=schedule, block_size=(2, 2))
     layer.build((None, 4))
     layer(np.ones((1, 4), "float32"), training=True)
     assert int(layer.masks[0].numpy().sum()) == 4  # round(0.9 * 4 blocks) would prune all 4
@@ -126,7 +131,8 @@ def test_global_scope_keeps_one_weight_per_layer():
     pruned(np.ones((1, 20), "float32"), training=True)
     kept = [int(layer.masks[0].numpy().sum()) for layer in _masked_layers(pruned)]
     assert kept == [440 - round(0.95 * 440) - 1, 1]
-    assert pruned.get_layer("masked_small").masks[0].numpy()[np.unravel_index(np.argmax(np.abs(small.numpy())), (20, 2))] == 1
+    largest = np.unravel_index(np.argmax(np.abs(small.numpy())), (20, 2))
+    assert pruned.get_layer("masked_small").masks[0].numpy()[largest] == 1
 
 
 def test_global_topk_keeps_exact_count_without_floor():

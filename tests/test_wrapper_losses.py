@@ -55,6 +55,10 @@ def _expected_losses(wrapper, x):
     return sorted([ACTIVITY * np.abs(outputs).sum() / len(x), KERNEL * np.square(kernel).sum()])
 
 
+def _losses(model):
+    return sorted(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
+
+
 def _data():
     rng = np.random.default_rng(0)
     return rng.random((8, 6), "float32"), rng.random((8, 4), "float32")
@@ -65,9 +69,8 @@ def test_model_losses_hold_the_wrapped_layers_regularizers(name):
     model, wrapper = _model(name)
     x, _ = _data()
     model(x)
-    found = sorted(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
     # The kernel term is on the effective kernel, and the stored one is not counted again.
-    np.testing.assert_allclose(found, _expected_losses(wrapper, x), rtol=1e-5)
+    np.testing.assert_allclose(_losses(model), _expected_losses(wrapper, x), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(WRAPPERS))
@@ -86,11 +89,7 @@ def test_regularizers_survive_save_load_and_strip(tmp_path):
     model.save(tmp_path / "masked.keras")
     loaded = keras.saving.load_model(tmp_path / "masked.keras")
     loaded(x)
-    np.testing.assert_allclose(
-        sorted(float(keras.ops.convert_to_numpy(loss)) for loss in loaded.losses), _expected_losses(wrapper, x), rtol=1e-5
-    )
+    np.testing.assert_allclose(_losses(loaded), _expected_losses(wrapper, x), rtol=1e-5)
     plain = ts.strip(model)
     plain(x)
-    np.testing.assert_allclose(
-        sorted(float(keras.ops.convert_to_numpy(loss)) for loss in plain.losses), _expected_losses(wrapper, x), rtol=1e-5
-    )
+    np.testing.assert_allclose(_losses(plain), _expected_losses(wrapper, x), rtol=1e-5)

@@ -68,8 +68,8 @@ class Masked(ParametrizedWrapper):
         **kwargs: base layer arguments.
 
     Raises:
-        ValueError: for bad arguments, or a schedule that never updates the
-            masks (its only update step is 0).
+        ValueError: for bad arguments, or a schedule that updates the masks
+            at no training step (e.g. `begin_step=0, end_step=0`).
         RuntimeError: at a training call with `scope="global"`, if the model
             being called lacks built members of the group or holds one twice.
 
@@ -293,7 +293,9 @@ def group_members(group, entry_layer):
     Example:
 
     >>> pruned = tfsparse.prune_low_magnitude(model, schedule, scope="global")
-    >>> members = group_members(pruned.layers[1].group, pruned)
+    >>> member = next(l for l in pruned.layers if isinstance(l, Masked))
+    >>> [m.group["index"] for m in group_members(member.group, pruned)]
+    [0, 1, 2]
     """
     from tfsparse.summary import named_layers  # tfsparse.summary imports the layers package
 
@@ -305,8 +307,8 @@ def group_members(group, entry_layer):
     if twice:
         raise RuntimeError(
             f"Global-scope group {group['name']!r}: indices {twice} appear more than once in "
-            f"{entry_layer.name!r}. A model can hold one copy of a pruned model's group; "
-            f"use `keras.models.clone_model` on the whole model instead of calling two copies."
+            f"{entry_layer.name!r}. A model can hold one copy of a group: prune each copy with "
+            f"its own `tfsparse.prune_low_magnitude(..., scope='global')` call, which names a new group."
         )
     missing = [i for i in range(group["size"]) if i not in found]
     unbuilt = [i for i, (layer,) in sorted(found.items()) if not layer.built]
@@ -322,9 +324,9 @@ def group_members(group, entry_layer):
 def _check_fires(schedule):
     """Returns `schedule`, or raises if it never updates masks in training.
 
-    Training steps count from 1, so a schedule whose only update step is 0
-    (e.g. `begin_step=0, end_step=0`) would leave the model dense: TFMOT
-    accepts it silently.
+    Training steps count from 1, so a schedule that updates only at step 0
+    (`begin_step=0, end_step=0`), or ends before its first update, would
+    leave the model dense: TFMOT accepts it silently.
     """
     first = schedule.begin_step if schedule.begin_step >= 1 else schedule.frequency
     if 0 <= schedule.end_step < first:
