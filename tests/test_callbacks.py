@@ -108,6 +108,19 @@ def test_pruning_summaries_match_measured_sparsity(tmp_path):
         assert written[(tag, 2)] == pytest.approx(0.8, abs=0.01)
 
 
+def test_pruning_summaries_target_is_that_of_the_last_batch(tmp_path):
+    schedule = ts.schedules.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=1)
+    model = ts.prune_low_magnitude(_dense_model(), schedule)
+    _fit(model, [PruningSummaries(tmp_path)], epochs=2)
+    written = _read_scalars(str(tmp_path))
+    for epoch in (0, 1):
+        for layer in model.layers:
+            size = layer.masks[0].shape.num_elements()
+            target = written[(f"target_sparsity/{layer.name}", epoch)]
+            # The masks hold round(target * size) zeros: within half an entry.
+            assert abs(written[(f"sparsity/{layer.name}/kernel", epoch)] - target) <= 0.5 / size + 1e-6
+
+
 def test_pruning_summaries_every_n_epochs(tmp_path):
     model = ts.prune_low_magnitude(_dense_model(), ts.schedules.ConstantSparsity(0.5, 0, frequency=1))
     _fit(model, [PruningSummaries(tmp_path, update_freq=2)], epochs=5)

@@ -20,7 +20,7 @@ def pruned():
     """LeNet-300-100 on 28x28 inputs, pruned to 90% by one training step."""
     keras.utils.set_random_seed(1)
     model = tfsparse.models.lenet_300_100((28, 28, 1))
-    model = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(SPARSITY, 0))
+    model = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(SPARSITY, 1))
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(1)
     model.train_on_batch(rng.uniform(size=(16, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 16))

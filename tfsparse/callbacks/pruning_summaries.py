@@ -28,8 +28,9 @@ class PruningSummaries(keras.callbacks.Callback):
       prunable weight's *effective* value (any tfsparse wrapper);
     - `target_sparsity/<layer path>`: the sparsity each wrapper is asked
       to reach now (`target_sparsity()`: for a scheduled
-      `tfsparse.layers.Masked` layer, its schedule at the current pruning
-      step, `m / n` for m-by-n sparsity).
+      `tfsparse.layers.Masked` layer, its schedule at its `pruning_step`,
+      i.e. at the last training batch, since the k-th batch is step k as in
+      TFMOT; `m / n` for m-by-n sparsity).
 
     The events go to `log_dir` itself, so a `keras.callbacks.TensorBoard`
     writing losses to the same directory shows beside them. Unlike TFMOT's

@@ -1,50 +1,20 @@
 """`Masked`: a layer whose prunable weights are multiplied by a 0/1 mask."""
 
 import itertools
+import math
 
 import keras
 import tensorflow as tf
 
-from tfsparse import schedules
+from tfsparse import keras_internals, schedules
 from tfsparse.layers.wrapper import ParametrizedWrapper
 from tfsparse.scoring import magnitude
+from tfsparse.walk import named_layers
 
 SCOPES = ("layer", "global")
 POOLING_TYPES = ("AVG", "MAX")
 
 
-class _Group:
-    """The `Masked` layers that share one global magnitude threshold.
-
-    A plain object, so that Keras does not track the members as sublayers.
-    """
-
-    def __init__(self, size):
-        self.members = [None] * size
-
-
-class _Groups:
-    """Links the members of global-scope groups as they are created.
-
-    Members are created (by `prune_low_magnitude`, by `load_model`, by
-    `clone_model`) one after another with their index in the group; a member
-    whose index is already taken in the latest group of that name starts a
-    new group, so every load or clone of a model gets a group of its own.
-    """
-
-    def __init__(self):
-        self._latest = {}
-
-    def join(self, layer, name, index, size):
-        group = self._latest.get(name)
-        if group is None or len(group.members) != size or group.members[index] is not None:
-            group = _Group(size)
-            self._latest[name] = group
-        group.members[index] = layer
-        return group
-
-
-_GROUPS = _Groups()
 _GROUP_IDS = itertools.count()
 
 
@@ -63,7 +33,21 @@ class Masked(ParametrizedWrapper):
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
     inside the training step at the schedule's frequency: a step counter
     (`pruning_step`) advances on every call with `training=True`, so
-    `model.fit` and custom training loops need no callback.
+    `model.fit` and custom training loops need no callback. Steps are
+    TFMOT's: the k-th training call is step k (from 1), it first advances
+    the counter and then updates the mask if the schedule prunes at step k,
+    and `pruning_step` holds the number of training calls so far. So
+    `begin_step=end_step=N` prunes once, at the N-th batch, and
+    `begin_step=0` first prunes at step `frequency`.
+
+    Each update prunes exactly `round(s * n)` of a weight's `n` entries
+    (blocks for `block_size`), ties broken by position, but always keeps at
+    least one, as TFMOT does: a 40-weight kernel at sparsity 0.99 keeps 1.
+    With `scope="global"` every member keeps at least one entry, and the
+    rest are pruned on one threshold. The first member of the group that
+    runs in a training call computes the masks of the whole group (found in
+    the model being called, see `group_members`) before any member uses
+    them, whatever the order in which the members run.
 
     Args:
         layer: the layer to wrap: Dense, EinsumDense, Conv1D/2D/3D and their
@@ -80,7 +64,15 @@ class Masked(ParametrizedWrapper):
         scope: `"layer"` (each weight pruned to the schedule's sparsity) or
             `"global"` (one magnitude threshold across every layer of the
             group, set up by `tfsparse.prune_low_magnitude`).
+        group: with `scope="global"`, `{"name", "index", "size"}`: the
+            group this layer belongs to and its place in it.
         **kwargs: base layer arguments.
+
+    Raises:
+        ValueError: for bad arguments, or a schedule that updates the masks
+            at no training step (e.g. `begin_step=0, end_step=0`).
+        RuntimeError: at a training call with `scope="global"`, if the model
+            being called lacks built members of the group or holds one twice.
 
     Example:
 
@@ -103,7 +95,7 @@ class Masked(ParametrizedWrapper):
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
-        self.pruning_schedule = None if pruning_schedule is None else schedules.get(pruning_schedule)
+        self.pruning_schedule = None if pruning_schedule is None else _check_fires(schedules.get(pruning_schedule))
         self.block_size = _check_pair(block_size, "block_size", minimum=1)
         if block_pooling_type not in POOLING_TYPES:
             raise ValueError(
@@ -123,16 +115,16 @@ class Masked(ParametrizedWrapper):
                 "Argument `scope='global'` cannot be combined with `block_size` or "
                 "`sparsity_m_by_n`; they prune within a layer."
             )
+        if scope == "global" and group is None:
+            raise ValueError(
+                "Argument `group` is required with `scope='global'`: use "
+                "`tfsparse.prune_low_magnitude(model, scope='global')`, which sets it."
+            )
         self.scope = scope
         self.group = group
-        self._group = None
-        if scope == "global":
-            if group is None:
-                raise ValueError(
-                    "Argument `group` is required with `scope='global'`: use "
-                    "`tfsparse.prune_low_magnitude(model, scope='global')`, which sets it."
-                )
-            self._group = _GROUPS.join(self, group["name"], group["index"], group["size"])
+        # The call context in which this layer's group last computed its
+        # masks (see `_members_to_update`); a plain object, not tracked.
+        self._updated_in = None
 
     def build_parametrization(self, weights):
         for w in weights:
@@ -192,12 +184,15 @@ class Masked(ParametrizedWrapper):
     def update_state(self, training):
         if not training or self.pruning_schedule is None:
             return
-        if self.scope == "layer" or self.group["index"] == 0:
+        # The k-th training call is step k (counting from 1), as in TFMOT.
+        self.pruning_step.assign_add(1)
+        members = self._members_to_update()
+        if members:
             # Only the step test runs every step; the target sparsity and the
             # new masks are computed inside the branch, at update steps only.
             step = self.pruning_step.value
             should_prune = self.pruning_schedule.should_prune(step)
-            pairs = self._pruned_pairs()
+            pairs = [pair for layer in members for pair in zip(layer.prunable_weights, layer.masks)]
             if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
                 # Per-replica call: assignments to mirrored variables are
                 # synchronized, which cannot happen inside control flow, so
@@ -211,12 +206,25 @@ class Masked(ParametrizedWrapper):
                     m.assign(new)
             else:
                 tf.cond(should_prune, lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
-        self.pruning_step.assign_add(1)
 
-    def _pruned_pairs(self):
-        """(weight, mask) pairs this layer updates: its own, or its group's."""
-        layers = self._linked_group() if self.scope == "global" else [self]
-        return [pair for layer in layers for pair in zip(layer.prunable_weights, layer.masks)]
+    def _members_to_update(self):
+        """The layers whose masks this call computes, in group order.
+
+        With `scope="layer"`, this layer alone. With `scope="global"`, the
+        whole group for the first member that runs in an outermost call (a
+        trace of the training step, an eager step, one replica's step), so
+        that every member computes with the new masks; none for the others,
+        which read the masks the first one assigned.
+        """
+        if self.scope == "layer":
+            return [self]
+        context = keras_internals.call_context()
+        if context is not None and self._updated_in is context:
+            return []
+        members = group_members(self.group, self if context is None else context.entry_layer)
+        for member in members:
+            member._updated_in = context
+        return members
 
     def _assign_new_masks(self, pairs, step):
         for (_, m), new in zip(pairs, self._new_masks(pairs, self.pruning_schedule.sparsity(step))):
@@ -224,26 +232,29 @@ class Masked(ParametrizedWrapper):
         return tf.constant(True)
 
     def _new_masks(self, pairs, sparsity):
-        """Masks from `|w * mask|`, so that pruned weights stay pruned."""
+        """Masks from `|w * mask|`, so that pruned weights stay pruned.
+
+        Every weight keeps at least one entry (one block), as in TFMOT.
+        """
         scores = [tf.abs(w.value * m.value) for w, m in pairs]
         if self.scope == "global":
-            return magnitude.global_topk_masks(scores, sparsity)
+            return magnitude.global_topk_masks(scores, sparsity, min_kept=1)
         if self.sparsity_m_by_n:
             return [magnitude.m_by_n_mask(s, self.sparsity_m_by_n) for s in scores]
         if self.block_size != (1, 1):
-            return [magnitude.block_mask(s, sparsity, self.block_size, self.block_pooling_type) for s in scores]
-        return [magnitude.topk_mask(s, sparsity) for s in scores]
+            return [
+                magnitude.block_mask(
+                    s, magnitude.capped_sparsity(sparsity, self._num_blocks(s.shape)), self.block_size,
+                    self.block_pooling_type,
+                )
+                for s in scores
+            ]
+        return [magnitude.topk_mask(s, sparsity, min_kept=1) for s in scores]
 
-    def _linked_group(self):
-        members = self._group.members
-        missing = [i for i, layer in enumerate(members) if layer is None or not layer.built]
-        if missing:
-            raise RuntimeError(
-                f"Global-scope layer {self.name!r} belongs to group {self.group['name']!r} of "
-                f"{self.group['size']} layers, but members {missing} are missing or unbuilt. "
-                f"Build the whole model before training."
-            )
-        return members
+    def _num_blocks(self, shape):
+        """How many blocks `block_mask` scores in a rank-2 weight (edges padded)."""
+        (rows, cols), (br, bc) = shape, self.block_size
+        return math.ceil(rows / br) * math.ceil(cols / bc)
 
     def target_sparsity(self):
         """The schedule's sparsity at the current pruning step (`m / n` for m-by-n), or None without a schedule."""
@@ -267,6 +278,73 @@ class Masked(ParametrizedWrapper):
             group=self.group,
         )
         return config
+
+
+def group_members(group, entry_layer):
+    """Returns the members of a global-scope group found in `entry_layer`, by index.
+
+    A group lives in one model: the `Masked` layers under `entry_layer` (the
+    model being called) whose `group["name"]` is the group's. A loaded or
+    cloned copy of a model is therefore a group of its own. Ordering by
+    index makes the joint top-k independent of the order in which members
+    run.
+
+    Args:
+        group: a member's `group` dict (`name`, `index`, `size`).
+        entry_layer: the layer (usually the model) to search.
+
+    Returns:
+        The list of `group["size"]` built `Masked` layers, in index order.
+
+    Raises:
+        RuntimeError: if an index appears more than once, or members are
+            missing or unbuilt.
+
+    Example:
+
+    >>> pruned = tfsparse.prune_low_magnitude(model, schedule, scope="global")
+    >>> member = next(l for l in pruned.layers if isinstance(l, Masked))
+    >>> [m.group["index"] for m in group_members(member.group, pruned)]
+    [0, 1, 2]
+    """
+    found = {}
+    for _, layer in named_layers(entry_layer):
+        if isinstance(layer, Masked) and layer.group and layer.group["name"] == group["name"]:
+            found.setdefault(layer.group["index"], []).append(layer)
+    twice = sorted(index for index, layers in found.items() if len(layers) > 1)
+    if twice:
+        raise RuntimeError(
+            f"Global-scope group {group['name']!r}: indices {twice} appear more than once in "
+            f"{entry_layer.name!r}. A model can hold one copy of a group: prune each copy with "
+            f"its own `tfsparse.prune_low_magnitude(..., scope='global')` call, which names a new group."
+        )
+    missing = [i for i in range(group["size"]) if i not in found]
+    unbuilt = [i for i, (layer,) in sorted(found.items()) if not layer.built]
+    if missing or unbuilt:
+        raise RuntimeError(
+            f"Global-scope group {group['name']!r} of {group['size']} layers is incomplete in "
+            f"{entry_layer.name!r}: missing: {missing}, unbuilt: {unbuilt}. All members must "
+            f"be part of the model being trained, and built, before training."
+        )
+    return [found[i][0] for i in range(group["size"])]
+
+
+def _check_fires(schedule):
+    """Returns `schedule`, or raises if it never updates masks in training.
+
+    Training steps count from 1, so a schedule that updates only at step 0
+    (`begin_step=0, end_step=0`), or ends before its first update, would
+    leave the model dense: TFMOT accepts it silently.
+    """
+    first = schedule.begin_step if schedule.begin_step >= 1 else schedule.frequency
+    if 0 <= schedule.end_step < first:
+        raise ValueError(
+            f"Argument `pruning_schedule` never updates the masks: training steps count from 1 "
+            f"(the k-th training batch is step k, as in TFMOT), and {schedule!r} updates them "
+            f"at no step in 1..{schedule.end_step}. To prune once at the first batch, use "
+            f"`begin_step=1, end_step=1`."
+        )
+    return schedule
 
 
 def _check_pair(value, name, minimum):

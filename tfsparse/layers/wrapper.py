@@ -30,6 +30,19 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     - optionally `target_sparsity()`: the sparsity the wrapper is asked to
       reach now, which `tfsparse.callbacks.PruningSummaries` logs.
 
+    The wrapped layer's regularizers count as they do without the wrapper,
+    in `model.losses` and in the loss that `fit` minimizes: its activity
+    regularizer on its outputs (divided by the batch size, as Keras does)
+    and its weight regularizers. The regularizer of a prunable weight
+    (e.g. `kernel_regularizer`) sees the *effective* weight, the one the
+    layer computes with, so pruned entries carry no penalty and frozen ones
+    a constant one. This is TFMOT's rule too: its wrapper writes
+    `kernel * mask` into the kernel that the regularizer reads. At build,
+    the wrapper takes these regularizers over from the wrapped layer's
+    variables (so that nothing counts twice) and adds them, with the
+    activity loss, at each call. The other weights (a bias) keep their own
+    regularizers, which Keras counts while they are trainable.
+
     Args:
         layer: the Keras layer to wrap, of a type with prunable weights in
             the layer registry (see `tfsparse.register_layer`).
@@ -55,6 +68,9 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     def build(self, input_shape=None):
         super().build(input_shape)
         self.build_parametrization(self.prunable_weights)
+        self._weight_regularizers = tuple(w.regularizer for w in self.prunable_weights)
+        for weight in self.prunable_weights:
+            weight.regularizer = None  # counted on the effective weight in `call`
         self.built = True
 
     @property
@@ -102,19 +118,25 @@ class ParametrizedWrapper(keras.layers.Wrapper):
             for i, (name, w) in enumerate(zip(self.weight_names, self.prunable_weights))
         }
 
-    def _substitute(self, variables, training):
-        index = {id(w): i for i, w in enumerate(self.prunable_weights)}
-        return [
-            self.effective_weight(index[id(v)], v, training) if id(v) in index else v
-            for v in variables
-        ]
-
     def call(self, inputs, training=None, **kwargs):
         self.update_state(training)
-        trainable = self._substitute(self.layer.trainable_variables, training)
-        non_trainable = self._substitute(self.layer.non_trainable_variables, training)
+        effective = [self.effective_weight(i, w, training) for i, w in enumerate(self.prunable_weights)]
+        by_id = dict(zip(map(id, self.prunable_weights), effective))
+        trainable = [by_id.get(id(v), v) for v in self.layer.trainable_variables]
+        non_trainable = [by_id.get(id(v), v) for v in self.layer.non_trainable_variables]
         outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
+        self._add_regularization_losses(effective, outputs)
         return outputs
+
+    def _add_regularization_losses(self, effective, outputs):
+        """Adds the wrapped layer's regularization losses, which `stateless_call` leaves out."""
+        for regularizer, value in zip(self._weight_regularizers, effective):
+            if regularizer is not None:
+                self.add_loss(regularizer(value))
+        if self.layer.activity_regularizer is not None:
+            loss = self.layer.activity_regularizer(outputs)
+            examples = keras.ops.cast(keras.ops.shape(outputs)[0], loss.dtype)
+            self.add_loss(keras.ops.divide_no_nan(loss, examples))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

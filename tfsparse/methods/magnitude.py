@@ -33,7 +33,9 @@ def prune_low_magnitude(
     with the same argument names. During `model.fit` (or any call with
     `training=True`), each wrapped layer recomputes its mask at the
     schedule's steps, keeping the largest-magnitude weights. Sparsity is
-    exact: `round(s * n)` weights pruned, whatever the ties.
+    exact: `round(s * n)` weights pruned, whatever the ties, except that at
+    least one weight of every pruned tensor is kept, as in TFMOT. Steps
+    follow TFMOT too: the k-th training batch is step k (from 1).
 
     Args:
         to_prune: a built Sequential or functional model (nested models

@@ -9,25 +9,60 @@ def num_pruned(sparsity, size):
     return tf.cast(tf.round(tf.cast(sparsity, tf.float64) * size), tf.int32)
 
 
-def topk_mask(scores, sparsity):
+def capped_sparsity(sparsity, size, min_kept=1):
+    """Lowers `sparsity`, if needed, so that pruning `size` entries keeps `min_kept`.
+
+    `num_pruned(capped_sparsity(s, n, m), n)` is `min(round(s * n), n - m)`
+    (and 0 when `n <= m`): exact while at least `m` entries remain, as TFMOT
+    keeps at least one weight of every pruned tensor.
+
+    Args:
+        sparsity: a scalar in [0, 1], Python float or tensor.
+        size: the number of entries, a Python int.
+        min_kept: how many entries must remain, a Python int >= 0.
+
+    Returns:
+        A float64 scalar tensor.
+
+    Example:
+
+    >>> int(num_pruned(capped_sparsity(0.99, 40), 40))  # round(39.6) would prune all 40
+    39
+    """
+    ceiling = max(size - min_kept, 0) / max(size, 1)
+    return tf.minimum(tf.cast(sparsity, tf.float64), ceiling)
+
+
+def topk_mask(scores, sparsity, min_kept=0):
     """Keeps the `n - round(sparsity * n)` highest scores of a tensor.
 
     Ties are broken by position, so the number of kept entries never depends
-    on the values: sparsity is exact.
+    on the values: sparsity is exact, except that at least `min_kept`
+    entries are kept (see `capped_sparsity`).
 
     Args:
         scores: a float tensor of any shape (e.g. `|w|`).
-        sparsity: a scalar in [0, 1), Python float or tensor.
+        sparsity: a scalar in [0, 1], Python float or tensor.
+        min_kept: the fewest entries to keep (magnitude pruning keeps 1).
 
     Returns:
         A tensor of `scores.dtype` and shape, 1.0 where kept, 0.0 elsewhere.
+
+    Example:
+
+    >>> topk_mask(tf.constant([0.3, 0.1, 0.2, 0.4]), 0.5).numpy()
+    array([1., 0., 0., 1.], dtype=float32)
     """
     flat = tf.reshape(scores, [-1])
     size = flat.shape[0]
-    keep = size - num_pruned(sparsity, size)
+    keep = size - num_pruned(capped_sparsity(sparsity, size, min_kept), size)
+    return tf.reshape(_keep_highest(flat, keep), tf.shape(scores))
+
+
+def _keep_highest(flat, keep):
+    """1.0 at the `keep` highest entries of a vector (ties by position), 0.0 elsewhere."""
     _, indices = tf.math.top_k(flat, k=keep, sorted=False)
-    mask = tf.scatter_nd(indices[:, None], tf.ones_like(indices, scores.dtype), [size])
-    return tf.reshape(mask, tf.shape(scores))
+    return tf.scatter_nd(indices[:, None], tf.ones_like(indices, flat.dtype), tf.shape(flat))
 
 
 def block_mask(scores, sparsity, block_size, pooling="AVG"):
@@ -130,20 +165,38 @@ def m_by_n_mask(scores, m_by_n):
     return tf.experimental.numpy.moveaxis(tf.reshape(kept, shape), -1, -2)
 
 
-def global_topk_masks(scores, sparsity):
+def global_topk_masks(scores, sparsity, min_kept=0):
     """Keeps the highest scores across several tensors at once.
 
     One threshold for all: exactly `round(sparsity * total)` entries of the
-    concatenation are pruned, wherever they are.
+    concatenation are pruned, wherever they are, except that each tensor
+    keeps at least its `min_kept` highest entries (then fewer are pruned if
+    the count would leave less).
 
     Args:
         scores: a list of float tensors.
         sparsity: scalar fraction to prune overall.
+        min_kept: the fewest entries to keep in each tensor (magnitude
+            pruning keeps 1, so that no layer is cut off).
 
     Returns:
         A list of masks, one per input, of matching shapes.
+
+    Example:
+
+    >>> masks = global_topk_masks([tf.constant([5.0, 6.0]), tf.constant([0.1, 0.2])], 0.75, min_kept=1)
+    >>> [m.numpy().tolist() for m in masks]
+    [[0.0, 1.0], [0.0, 1.0]]
     """
-    flat = tf.concat([tf.reshape(s, [-1]) for s in scores], axis=0)
-    mask = topk_mask(flat, sparsity)
     sizes = [s.shape.num_elements() for s in scores]
+    floors = [min(min_kept, size) for size in sizes]
+    parts = [tf.reshape(s, [-1]) for s in scores]
+    if sum(floors):
+        # Each tensor's `min_kept` highest entries outrank every other entry.
+        infinity = tf.constant(float("inf"), scores[0].dtype)
+        parts = [tf.where(_keep_highest(p, k) > 0, infinity, p) for p, k in zip(parts, floors)]
+    flat = tf.concat(parts, axis=0)
+    total = flat.shape[0]
+    keep = tf.maximum(total - num_pruned(sparsity, total), sum(floors))
+    mask = _keep_highest(flat, keep)
     return [tf.reshape(part, tf.shape(s)) for part, s in zip(tf.split(mask, sizes), scores)]
