@@ -269,7 +269,7 @@ def test_block_sparsity_counts_real_weights_and_follows_block_scores(block_size,
 
 
 def test_block_sparsity_of_a_classifier_is_the_target_in_weights():
-    layer = Masked(keras.layers.Dense(10), pruning_schedule=ts.schedules.ConstantSparsity(0.5, 0), block_size=(3, 3))
+    layer = Masked(keras.layers.Dense(10), pruning_schedule=ts.schedules.ConstantSparsity(0.5, 1), block_size=(3, 3))
     layer.build((None, 32))
     layer(np.ones((1, 32), "float32"), training=True)
     assert abs(_zeros(layer.masks[0]) - 160) <= 4  # within half a 3x3 block of 0.5 * 320

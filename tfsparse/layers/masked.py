@@ -40,9 +40,12 @@ class Masked(ParametrizedWrapper):
     `begin_step=end_step=N` prunes once, at the N-th batch, and
     `begin_step=0` first prunes at step `frequency`.
 
-    Each update prunes exactly `round(s * n)` of a weight's `n` entries
-    (blocks for `block_size`), ties broken by position, but always keeps at
-    least one, as TFMOT does: a 40-weight kernel at sparsity 0.99 keeps 1.
+    Each update prunes exactly `round(s * n)` of a weight's `n` entries,
+    ties broken by position, but always keeps at least one, as TFMOT does:
+    a 40-weight kernel at sparsity 0.99 keeps 1. With `block_size`, whole
+    blocks are pruned, lowest scores first, until the pruned entries are
+    closest to `round(s * n)` (within half a block; at least one block is
+    kept; see `tfsparse.scoring.block_mask`).
     With `scope="global"` every member keeps at least one entry, and the
     rest are pruned on one threshold. The first member of the group that
     runs in a training call computes the masks of the whole group (found in
@@ -56,7 +59,8 @@ class Masked(ParametrizedWrapper):
         pruning_schedule: a tfsparse or TFMOT schedule; `None` keeps the
             mask fixed (set it with `set_masks`).
         block_size: `(rows, cols)` blocks pruned together (rank-2 weights
-            only); `(1, 1)` prunes single weights.
+            only; edge blocks may be partial and are scored by their real
+            entries); `(1, 1)` prunes single weights.
         block_pooling_type: `"AVG"` or `"MAX"`, how a block is scored.
         sparsity_m_by_n: `None` or `(m, n)`: `m` zeros in every `n`
             consecutive weights along the input-channel axis (e.g. 2:4). The
