@@ -92,28 +92,11 @@ class Scored(ParametrizedWrapper):
             int(tf.get_static_value(magnitude.num_pruned(s, w.shape.num_elements())))
             for s, w in zip(self.sparsity, weights)
         ]
-        initial = [self._initial_state(i) for i in range(len(weights))]
-        self.scores = [
-            self.add_weight(
-                name=f"{w.name}_scores",
-                shape=w.shape,
-                initializer=_constant(scores),
-                dtype=w.dtype,
-                regularizer=self.score_regularizer,
-            )
-            for w, (scores, _) in zip(weights, initial)
-        ]
-        self.masks = [
-            self.add_weight(
-                name=f"{w.name}_mask",
-                shape=w.shape,
-                initializer=_constant(mask),
-                dtype=w.dtype,
-                trainable=False,
-                aggregation="only_first_replica",
-            )
-            for w, (_, mask) in zip(weights, initial)
-        ]
+        scores, masks = zip(*(self._initial_state(i) for i in range(len(weights))))
+        self.scores = self._variables_like(weights, "scores", scores, regularizer=self.score_regularizer)
+        self.masks = self._variables_like(
+            weights, "mask", masks, trainable=False, aggregation="only_first_replica"
+        )
         self.restricted = self.add_weight(
             name="restricted", shape=(), initializer="zeros", dtype="bool", trainable=False,
             aggregation="only_first_replica",
@@ -122,6 +105,13 @@ class Scored(ParametrizedWrapper):
             name="swap_rate", shape=(), initializer="ones", dtype="float64", trainable=False,
             aggregation="only_first_replica",
         )
+
+    def _variables_like(self, weights, suffix, values, **kwargs):
+        """One variable per weight, named `<weight>_<suffix>`, of its shape and dtype, set to `values`."""
+        return [
+            self.add_weight(name=f"{w.name}_{suffix}", shape=w.shape, initializer=_constant(v), dtype=w.dtype, **kwargs)
+            for w, v in zip(weights, values)
+        ]
 
     def _initial_state(self, index):
         """Returns `(scores, mask)` of prunable weight `index` at initialization."""

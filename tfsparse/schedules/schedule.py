@@ -41,6 +41,10 @@ class PruningSchedule(abc.ABC):
     the sparsity they are recomputed to. Masks are recomputed only at steps in
     `[begin_step, end_step]` (`end_step=-1`: no end) that are a multiple of
     `frequency` steps after `begin_step`.
+
+    Steps count training batches from 1, as in TFMOT: the k-th batch is step
+    k, so `begin_step=0` first prunes at step `frequency`, and
+    `begin_step=end_step=N` prunes once, at the N-th batch.
     """
 
     def __init__(self, begin_step, end_step, frequency):
