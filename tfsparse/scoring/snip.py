@@ -69,7 +69,11 @@ def snip(model, data, batches=1, loss=None):
     Example:
 
     >>> scores = tfsparse.scoring.snip(model, (x[:100], y[:100]))
+    >>> list(scores)
+    ['conv1/kernel', 'conv2/kernel', 'conv3/kernel', 'logits/kernel']
     >>> masks = tfsparse.scoring.global_topk_masks(list(scores.values()), 0.9)
+    >>> sum(int(ops.sum(mask)) for mask in masks)  # 10% of 5,584 weights kept
+    558
     """
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ValueError(f"Argument `batches` must be a positive integer, received: {batches!r}.")
