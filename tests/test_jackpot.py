@@ -85,6 +85,7 @@ def test_search_starts_from_the_given_pretrained_weights_and_magnitude_mask():
     np.testing.assert_allclose(search(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
     [
@@ -138,6 +139,7 @@ class _BudgetProbe(keras.callbacks.Callback):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restricted", [True, False])
 def test_budgets_are_exact_for_every_step_of_the_search(restricted):
     search = ts.lottery_jackpot(_pretrained(), 0.9, seed=0)

@@ -7,6 +7,7 @@ and `benchmarks/jackpot.py`, not tested here.
 
 import json
 import math
+import os
 import pathlib
 
 import nbformat
@@ -16,12 +17,15 @@ from nbclient import NotebookClient
 import tfsparse as ts
 
 COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
+# The notebooks' kernel imports the tfsparse under test, whatever is installed.
+PACKAGE_ROOT = str(pathlib.Path(ts.__file__).resolve().parent.parent)
 
 pytestmark = pytest.mark.slow
 
 
-def _execute(name, tmp_path):
+def _execute(name, tmp_path, monkeypatch):
     """Runs colab/<name>.ipynb; returns (printed text, its RESULTS json, image count)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
@@ -38,8 +42,8 @@ def _assert_counts_of_test_digits(*accuracies):
         assert accuracy * count == pytest.approx(round(accuracy * count), abs=1e-3), accuracy
 
 
-def test_freezenet_notebook_trains_freezenet_and_snip_and_reloads_the_compact_file(tmp_path):
-    printed, results, images = _execute("freezenet", tmp_path)
+def test_freezenet_notebook_trains_freezenet_and_snip_and_reloads_the_compact_file(tmp_path, monkeypatch):
+    printed, results, images = _execute("freezenet", tmp_path, monkeypatch)
     assert results["trained_weights"] == math.ceil(round(0.01 * results["kernel_weights"], 9))
     biases = results["parameters"] - results["kernel_weights"]
     assert math.isclose(results["compression"], results["parameters"] / (results["trained_weights"] + biases))
@@ -53,8 +57,8 @@ def test_freezenet_notebook_trains_freezenet_and_snip_and_reloads_the_compact_fi
     assert images == 1
 
 
-def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path):
-    printed, results, images = _execute("jackpot", tmp_path)
+def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path, monkeypatch):
+    printed, results, images = _execute("jackpot", tmp_path, monkeypatch)
     assert results["kept_weights_identical"] is True
     assert results["pruned_weights"] == round(0.9 * results["searched_weights"])
     assert results["classifier_zeros"] == 0

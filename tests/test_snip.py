@@ -77,6 +77,7 @@ def test_compiled_loss_and_named_loss_are_used():
     assert all(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(default.values(), mse.values()))
 
 
+@pytest.mark.slow
 def test_snip_pruning_keeps_exact_global_top_k_and_zeroes_the_rest_through_adamw():
     model = _model()
     x, y = _data()
