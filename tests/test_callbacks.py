@@ -68,6 +68,7 @@ def test_update_pruning_step_raises_without_scheduled_pruning():
         _fit(unscheduled, [UpdatePruningStep()])
 
 
+@pytest.mark.slow
 def test_update_pruning_step_trains_exactly_as_without_it():
     base = _dense_model()
     schedule = ts.schedules.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2)
