@@ -15,7 +15,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _pytest.doctest import DoctestItem  # noqa: E402
 
 import tfsparse  # noqa: E402
 
@@ -71,7 +70,7 @@ def _doctest_globals(request):
     batches of 64 digits. Files the examples write go to a temporary
     directory, the working directory of the example.
     """
-    if not isinstance(request.node, DoctestItem):
+    if not isinstance(request.node, pytest.DoctestItem):
         return
     x, y, train_ds, pretrained_weights = request.getfixturevalue("_digits")
     keras.utils.set_random_seed(0)
