@@ -1,4 +1,4 @@
-"""FreezeNet vs SNIP vs dense on Fashion-MNIST: accuracy, compression, file size, step time.
+"""FreezeNet vs SNIP vs dense on Fashion-MNIST (or the embedded digits): accuracy, compression, file size, step time.
 
 One recipe for every run: the same initial weights (drawn from `--seed` with
 `tfsparse.methods.reinitialize`, which FreezeNet and SNIP also use), the same
@@ -14,13 +14,19 @@ against the dense model's `.keras` file, a bit-exact reload of it, and the
 training step time of FreezeNet at the highest rate against dense, in
 interleaved rounds (median of per-step times).
 
+`--data digits` runs the same comparison on the embedded 8x8 digits (resized
+to 16x16, LeNet-5-Caffe's smallest input), e.g. the claim that frozen random
+weights beat zeros at freeze rate 0.99 after two epochs, as the `freezenet`
+job shows it: `--data digits --models lenet_300_100 --rates 0.9 0.99 --epochs 2`.
+
     python benchmarks/freezenet.py [--epochs 5] [--models lenet_300_100 lenet5_caffe]
                                    [--rates 0.9 0.95 0.99 0.995] [--seed 0] [--rounds 7]
+                                   [--data fashion_mnist|digits]
     python benchmarks/freezenet.py --step-time-only [--rounds 15]
 
-Writes benchmarks/results/freezenet.json and freezenet.png; with
-`--step-time-only`, only the step times (at the highest rate), to
-benchmarks/results/freezenet_step_time.json.
+Writes benchmarks/results/freezenet.json and freezenet.png (with `--data
+digits`: freezenet_digits.json and .png); with `--step-time-only`, only the
+step times (at the highest rate), to benchmarks/results/freezenet_step_time.json.
 """
 
 import argparse
@@ -44,14 +50,24 @@ from tfsparse.methods.freezenet import trainable_count  # noqa: E402
 MODELS = {"lenet_300_100": ts.models.lenet_300_100, "lenet5_caffe": ts.models.lenet5_caffe}
 RATES = (0.9, 0.95, 0.99, 0.995)
 BATCH = 100
+DATA = ("fashion_mnist", "digits")
+# Images smaller than LeNet-5-Caffe's 16x16 minimum are resized to it.
+IMAGE_SIZE = {"digits": (16, 16)}
 TIMING_STEPS = 40
 
 
-def datasets(seed):
+def datasets(seed, data):
     """Fresh datasets, so every run sees the same batches in the same order."""
-    train = ts.data.load("fashion_mnist", "train", BATCH, shuffle=True, seed=seed)
-    test = ts.data.load("fashion_mnist", "test", 1000)
+    image_size = IMAGE_SIZE.get(data)
+    train = ts.data.load(data, "train", BATCH, shuffle=True, seed=seed, image_size=image_size)
+    test = ts.data.load(data, "test", 1000, image_size=image_size)
     return train, test
+
+
+def builder(arch, data):
+    """A function building `arch` for the images and classes of `data`."""
+    shape, classes = ts.data.describe(data, image_size=IMAGE_SIZE.get(data))
+    return lambda: MODELS[arch](shape, classes)
 
 
 def compile_model(model, steps):
@@ -63,8 +79,8 @@ def compile_model(model, steps):
     return model
 
 
-def train(model, epochs, seed):
-    train_ds, test_ds = datasets(seed)
+def train(model, epochs, seed, data):
+    train_ds, test_ds = datasets(seed, data)
     compile_model(model, epochs * sum(1 for _ in train_ds))
     start = time.perf_counter()
     model.fit(train_ds, epochs=epochs, verbose=0)
@@ -76,14 +92,14 @@ def kernel_size(model):
     return sum(int(np.prod(w.shape)) for w in ts.walk.prunable_weights(model).values())
 
 
-def run_model(arch, rates, epochs, seed, rounds, workdir, progress):
-    build = MODELS[arch]
-    score_batch = tuple(np.asarray(t) for t in next(iter(datasets(seed)[0])))
+def run_model(arch, data, rates, epochs, seed, rounds, workdir, progress):
+    build = builder(arch, data)
+    score_batch = tuple(np.asarray(t) for t in next(iter(datasets(seed, data)[0])))
     dense = ts.methods.reinitialize(build(), seed)
     size = kernel_size(dense)
     dense_file = os.path.join(workdir, f"{arch}_dense.keras")
     dense.save(dense_file)  # at init: the size does not depend on the values
-    accuracy, seconds = train(dense, epochs, seed)
+    accuracy, seconds = train(dense, epochs, seed, data)
     progress.add(1)
     result = {"dense": {"accuracy": accuracy, "seconds": seconds, "keras_bytes": os.path.getsize(dense_file)},
               "kernel_weights": size, "parameters": dense.count_params(), "freezenet": {}, "snip": {}}
@@ -91,24 +107,25 @@ def run_model(arch, rates, epochs, seed, rounds, workdir, progress):
         trained = trainable_count(rate, size)
         frozen = ts.freezenet(build(), rate, score_batch, seed=seed)
         factor = ts.summary(frozen, print_fn=None).total["compression"]
-        accuracy, seconds = train(frozen, epochs, seed)
+        accuracy, seconds = train(frozen, epochs, seed, data)
         path = os.path.join(workdir, f"{arch}_{rate}.tfsparse")
         ts.export.save_compact(frozen, path)
         x = score_batch[0]
         reloaded = ts.export.load_compact(path)
         bit_exact = bool(np.array_equal(reloaded.predict(x, verbose=0), frozen.predict(x, verbose=0)))
         compact_bytes = os.path.getsize(path)
-        result["freezenet"][str(rate)] = {
+        frozen_result = result["freezenet"][str(rate)] = {
             "accuracy": accuracy, "seconds": seconds, "trained_weights": trained, "compression": factor,
             "compact_bytes": compact_bytes, "dense_keras_over_compact": result["dense"]["keras_bytes"] / compact_bytes,
             "compact_reload_bit_exact": bit_exact,
         }
         progress.add(1)
         pruned = ts.snip(build(), (size - trained) / size, score_batch, seed=seed)
-        accuracy, seconds = train(pruned, epochs, seed)
+        accuracy, seconds = train(pruned, epochs, seed, data)
         kept = result["parameters"] - size + trained
         result["snip"][str(rate)] = {"accuracy": accuracy, "seconds": seconds, "kept_weights": trained,
                                      "compression": result["parameters"] / kept}
+        frozen_result["minus_snip_points"] = 100 * (frozen_result["accuracy"] - accuracy)
         progress.add(1)
     result["step_time"] = step_time(build, max(rates), seed, score_batch, rounds)
     return result
@@ -121,9 +138,9 @@ def step_time(build, rate, seed, score_batch, rounds):
     other work, CPU time is the steadier of the two.
     """
     rng = np.random.default_rng(seed)
-    x = rng.random((TIMING_STEPS * BATCH, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, TIMING_STEPS * BATCH)
     models = {"dense": ts.methods.reinitialize(build(), seed), "freezenet": ts.freezenet(build(), rate, score_batch, seed=seed)}
+    x = rng.random((TIMING_STEPS * BATCH, *models["dense"].input_shape[1:]), dtype=np.float32)
+    y = rng.integers(0, models["dense"].output_shape[-1], TIMING_STEPS * BATCH)
     runs = {}
     for name, model in models.items():
         compile_model(model, 10 * TIMING_STEPS)
@@ -142,7 +159,7 @@ def step_time(build, rate, seed, score_batch, rounds):
             "cpu_ms_median": cpu_ms, "cpu_ms_all": cpu, "freezenet_over_dense_cpu": cpu_ms["freezenet"] / cpu_ms["dense"]}
 
 
-def plot(results, path):
+def plot(results, data, path):
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
     for ax, (arch, result) in zip(axes[0], results.items()):
         for method, style in (("freezenet", "o-"), ("snip", "s--")):
@@ -152,7 +169,7 @@ def plot(results, path):
                 ax.annotate(rate, (r["compression"], r["accuracy"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.axhline(result["dense"]["accuracy"], color="grey", lw=0.8, label="dense")
         ax.set_xscale("log")
-        ax.set_title(f"{arch} on Fashion-MNIST")
+        ax.set_title(f"{arch} on {data}")
         ax.set_xlabel("compression factor (all parameters / trained parameters)")
         ax.set_ylabel("test accuracy")
         ax.legend()
@@ -169,6 +186,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step time measurement")
     parser.add_argument("--step-time-only", action="store_true", help="measure the training step times only")
+    parser.add_argument("--data", default=DATA[0], choices=DATA, help="fashion_mnist, or the embedded digits")
     args = parser.parse_args()
     if args.step_time_only:
         return step_times_only(args)
@@ -176,10 +194,12 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         for arch in args.models:
-            results[arch] = run_model(arch, args.rates, args.epochs, args.seed, args.rounds, workdir, progress)
+            results[arch] = run_model(arch, args.data, args.rates, args.epochs, args.seed, args.rounds, workdir, progress)
     payload = {
         "recipe": {
-            "data": "fashion_mnist (60k train, 10k test)", "epochs": args.epochs, "batch_size": BATCH,
+            "data": {"fashion_mnist": "fashion_mnist (60k train, 10k test)",
+                     "digits": "digits (1,437 train, 360 test), resized to 16x16"}[args.data],
+            "epochs": args.epochs, "batch_size": BATCH,
             "optimizer": "tfsparse.optimizers.cosine_sgd(steps, weight_decay=5e-4): SGD momentum 0.9, lr 0.1 cosine decay to 0, "
                          "weight decay 5e-4",
             "init": f"reinitialize(model, seed={args.seed}) for dense, SNIP and FreezeNet",
@@ -189,15 +209,16 @@ def main():
         "machine": machine(),
         "results": results,
     }
-    path = write_json("freezenet", payload)
-    plot(results, RESULTS / "freezenet.png")
+    name = "freezenet" if args.data == DATA[0] else f"freezenet_{args.data}"
+    path = write_json(name, payload)
+    plot(results, args.data, RESULTS / f"{name}.png")
     for arch, r in results.items():
         dense = r["dense"]["accuracy"]
         print(f"\n{arch}: dense {dense:.4f}, dense .keras {r['dense']['keras_bytes']:,} bytes")
         for rate in args.rates:
             f, s = r["freezenet"][str(rate)], r["snip"][str(rate)]
             print(f"  rate {rate}: x{f['compression']:.1f}  FreezeNet {f['accuracy']:.4f} ({f['accuracy'] / dense:.1%} of dense)"
-                  f"  SNIP {s['accuracy']:.4f}  compact {f['compact_bytes']:,} bytes "
+                  f"  SNIP {s['accuracy']:.4f} ({f['minus_snip_points']:+.2f} points)  compact {f['compact_bytes']:,} bytes "
                   f"(dense .keras / compact = {f['dense_keras_over_compact']:.1f}, bit-exact reload {f['compact_reload_bit_exact']})")
         t = r["step_time"]
         print(f"  step time at rate {t['rate']}: FreezeNet / dense = {t['freezenet_over_dense']:.3f} wall-clock "
@@ -210,8 +231,8 @@ def step_times_only(args):
     rate = max(args.rates)
     results = {}
     for arch in args.models:
-        score_batch = tuple(np.asarray(t) for t in next(iter(datasets(args.seed)[0])))
-        results[arch] = step_time(MODELS[arch], rate, args.seed, score_batch, args.rounds)
+        score_batch = tuple(np.asarray(t) for t in next(iter(datasets(args.seed, args.data)[0])))
+        results[arch] = step_time(builder(arch, args.data), rate, args.seed, score_batch, args.rounds)
         t = results[arch]
         print(f"{arch}: step time at rate {rate}: FreezeNet / dense = {t['freezenet_over_dense']:.3f} wall-clock "
               f"({t['step_ms_median']['freezenet']:.2f} vs {t['step_ms_median']['dense']:.2f} ms), "

@@ -11,6 +11,10 @@ the same batches in the same order:
 (d) Lottery Jackpot, magnitude init, short restriction;
 (e) (d) without short restriction (plain top-k re-ranking of the scores).
 
+The goals recorded per sparsity include whether the search (d) ends above
+magnitude pruning without retraining (a), the claim the `jackpot` job's
+table shows on the embedded digits.
+
 The searches use the reference recipe (`tfsparse.optimizers.cosine_sgd`: SGD
 momentum 0.9, cosine lr; weight decay 5e-4 on the scores). Each method's
 initial learning rate is chosen from a small grid (`--search-lrs` for (c)-(e),
@@ -227,6 +231,8 @@ def goals(result, epochs, evals):
                             "d_epochs_to_reach_c_final": at, "within_a_third": at is not None and at <= epochs / 3}
         out[sparsity] = {
             "d_minus_dense_points": 100 * (final["d"] - dense),
+            "d_minus_a_points": 100 * (final["d"] - r["a_accuracy"]),
+            "d_beats_a": final["d"] > r["a_accuracy"],
             "d_within_1_point_of_dense_and_bit_identical": final["d"] >= dense - 0.01 and r["d_kernels_bit_identical"],
             "d_epochs_to_reach_c_final": reach,
             "d_reaches_c_final_in_a_third_of_the_epochs": reach is not None and reach <= epochs / 3,

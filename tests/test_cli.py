@@ -8,6 +8,7 @@ import pytest
 from tfsparse import cli
 
 
+@pytest.mark.slow
 def test_demo_prunes_exports_and_reports(tmp_path, capsys):
     dense, pruned = cli.run(["demo", "--epochs", "3", "--sparsity", "0.8", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -27,6 +28,7 @@ def test_bad_sparsity_is_rejected_by_name(tmp_path):
         cli.run(["demo", "--sparsity", "1.5", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_module_entry_point_lists_jobs():
     out = subprocess.run([sys.executable, "-m", "tfsparse", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout

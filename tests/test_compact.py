@@ -108,6 +108,7 @@ def test_frozen_values_are_not_in_the_file(saved):
     assert accounted == len(payload)
 
 
+@pytest.mark.slow
 def test_round_trip_in_another_process(saved, tmp_path):
     model, path = saved
     x, _ = _data(8)

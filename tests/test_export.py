@@ -101,6 +101,7 @@ def test_conv_model_and_random_sample_inputs(tmp_path):
     assert report.max_abs_diff <= 1e-5
 
 
+@pytest.mark.slow
 def test_dynamic_range_quantization_is_smaller_and_close(pruned, inputs, tmp_path):
     dense = tfsparse.export.tflite(pruned, str(tmp_path / "dense.tflite"), sparse=False, check=False)
     dynamic = tfsparse.export.tflite(

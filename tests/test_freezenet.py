@@ -142,6 +142,7 @@ def test_bad_arguments_are_named():
         ts.freezenet(keras.layers.Dense(3), 0.5, data)
 
 
+@pytest.mark.slow
 def test_freezenet_trains_under_mirrored_strategy(two_replica_strategy):
     x, y = _data(64)
     strategy = two_replica_strategy

@@ -1,10 +1,17 @@
-"""The `python -m tfsparse freezenet` job, end to end on the embedded data."""
+"""The `python -m tfsparse freezenet` job, end to end on the embedded data.
+
+Whether frozen random weights beat zeros is a research claim, measured by
+`benchmarks/freezenet.py` (`--data digits` for this job's data), not tested here.
+"""
 
 import keras
 import numpy as np
+import pytest
 
 import tfsparse as ts
 from tfsparse import cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_cli_job_trains_compares_and_writes_reloadable_files(tmp_path, capsys):
@@ -18,8 +25,6 @@ def test_cli_job_trains_compares_and_writes_reloadable_files(tmp_path, capsys):
         assert frozen["reload bit-exact"] == "yes"
         assert frozen["LiteRT max |diff|"] < 1e-4
     assert freezenet_99["compression"] > freezenet_90["compression"]
-    # Frozen random weights beat zeros at the extreme rate.
-    assert freezenet_99["test accuracy"] > snip_99["test accuracy"]
     printed = capsys.readouterr().out
     assert "FreezeNet at freeze rate 0.99" in printed and f"{freezenet_99['compact bytes']:,}" in printed
     for name in ("dense.keras", "freezenet.png", "freezenet_0.99.tfsparse", "freezenet_0.99.tflite"):
@@ -32,3 +37,7 @@ def test_cli_job_trains_compares_and_writes_reloadable_files(tmp_path, capsys):
         parameters - sum(int(np.prod(layer.masks[0].shape)) for layer in frozen_layers)
     )
     assert keras.saving.load_model(tmp_path / "dense.keras").count_params() == parameters
+    # The reported accuracy is the saved model's on the test digits.
+    restored.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    accuracy = restored.evaluate(ts.data.load("digits", "test"), verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(freezenet_99["test accuracy"], abs=1e-6)

@@ -86,6 +86,7 @@ def test_frozen_values_are_bit_identical_after_fit(optimizer):
         assert not any(v.trainable for v in layer.masks)
 
 
+@pytest.mark.slow
 def test_regeneration_is_identical_across_keras_save_and_load(tmp_path):
     model = _model()
     _random_masks(model)
@@ -111,6 +112,7 @@ def test_regeneration_is_identical_across_keras_save_and_load(tmp_path):
             assert same_shape and not any(np.array_equal(array[off], frozen[off]) for array in same_shape)
 
 
+@pytest.mark.slow
 def test_regeneration_is_identical_in_another_process():
     layer = Frozen(keras.layers.Conv2D(6, 3, name="conv"), seed=123, layer_path="block/conv")
     layer.build((None, 8, 8, 3))

@@ -86,6 +86,7 @@ def test_search_starts_from_the_given_pretrained_weights_and_magnitude_mask():
     np.testing.assert_allclose(search(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
     [
@@ -138,6 +139,7 @@ class _BudgetProbe(keras.callbacks.Callback):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restricted", [True, False])
 def test_budgets_are_exact_for_every_step_of_the_search(restricted):
     search = ts.lottery_jackpot(_pretrained(), 0.9, seed=0)
@@ -262,7 +264,7 @@ def test_strip_unwraps_the_fixed_layers_into_trainable_plain_ones():
     assert len(plain.trainable_variables) == 2 * 4 + 2 * 2  # kernels and biases, gammas and betas
 
 
-def test_jackpot_optimizer_is_sgd_momentum_with_cosine_learning_rate():
+def test_cosine_sgd_is_sgd_momentum_with_cosine_learning_rate():
     optimizer = ts.optimizers.cosine_sgd(steps=100)
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == 0.9

@@ -1,18 +1,23 @@
-"""The `python -m tfsparse jackpot` job, end to end on the embedded data."""
+"""The `python -m tfsparse jackpot` job, end to end on the embedded data.
+
+Whether the search beats magnitude pruning is a research claim, measured by
+`benchmarks/jackpot.py` (goal `d_beats_a`), not tested here.
+"""
 
 import keras
 import pytest
 
+import tfsparse as ts
 from tfsparse import cli
 from tfsparse.layers import Scored
 
 
+@pytest.mark.slow
 def test_cli_job_pretrains_searches_and_reloads_weights(tmp_path, capsys):
     rows = cli.run(["jackpot", "--epochs", "2", "--pretrain-epochs", "3", "--sparsity", "0.8", "--out", str(tmp_path)])
     dense, magnitude, jackpot = rows
     assert jackpot["kept weights identical"] == "yes"
     assert jackpot["mask moved (weights)"] > 0
-    assert jackpot["test accuracy"] > magnitude["test accuracy"]
     printed = capsys.readouterr().out
     assert "Pre-training dense" in printed and f"{jackpot['mask moved (weights)']:,}" in printed
     for name in ("pretrained.weights.h5", "jackpot.keras", "jackpot.png"):
@@ -23,6 +28,14 @@ def test_cli_job_pretrains_searches_and_reloads_weights(tmp_path, capsys):
     assert again[0]["test accuracy"] == dense["test accuracy"]
     stripped = keras.saving.load_model(tmp_path / "jackpot.keras")
     assert not any(isinstance(layer, Scored) for layer in stripped.layers)
+    # The reported accuracies are those of the saved files on the test digits: the
+    # stripped search, and the pre-trained weights with the magnitude mask.
+    pretrained = ts.models.lenet_300_100((8, 8, 1))
+    pretrained.load_weights(tmp_path / "pretrained.weights.h5")
+    for model, row in ((stripped, jackpot), (ts.lottery_jackpot(pretrained, 0.8), magnitude)):
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        accuracy = model.evaluate(ts.data.load("digits", "test"), verbose=0, return_dict=True)["accuracy"]
+        assert accuracy == pytest.approx(row["test accuracy"], abs=1e-6), row["model"]
 
 
 def test_cli_job_rejects_a_bad_learning_rate(tmp_path):

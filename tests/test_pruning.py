@@ -155,6 +155,7 @@ def test_masked_entries_stay_zero_under_any_optimizer(optimizer):
             assert _zeros(layer.kernel) >= round(0.8 * np.prod(layer.kernel.shape))
 
 
+@pytest.mark.slow
 def test_keras_round_trip_keeps_outputs_and_training_state(tmp_path):
     model = ts.models.lenet_300_100((8, 8, 1))
     schedule = ts.schedules.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=20, frequency=5)
@@ -313,6 +314,7 @@ class SmallNet(keras.Model):
         return x
 
 
+@pytest.mark.slow
 def test_subclassed_and_nested_models():
     x = np.random.rand(32, 8, 8, 1).astype("float32")
     y = np.random.randint(0, 10, 32)
@@ -400,6 +402,7 @@ def test_bad_mask_shape_and_structure_raise_clear_errors():
         emb.build((None, 3))
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_keeps_masks_identical_on_replicas(two_replica_strategy):
     strategy = two_replica_strategy
     x = np.random.rand(64, 8, 8, 1).astype("float32")

@@ -155,6 +155,7 @@ def test_callback_turns_the_rule_on_with_a_scheduled_rate():
         assert [int(m.sum()) for m in masks] == [m.size - layer.num_pruned[0] for m, layer in zip(masks, layers)]
 
 
+@pytest.mark.slow
 def test_rate_zero_freezes_the_mask_while_plain_reranking_moves_it():
     frozen_layers, frozen = _fit(_search_model(), [ts.callbacks.ShortRestriction(rate=0.0)])
     moving_layers, moving = _fit(_search_model(), [])

@@ -212,6 +212,7 @@ _APPLICATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_APPLICATIONS))
 def test_removing_silent_channels_keeps_application_logits(name):
     model = _APPLICATIONS[name]()

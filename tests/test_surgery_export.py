@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 import tfsparse as ts
 from tfsparse.surgery import dependency_groups, merge_channels, remove_channels
@@ -28,6 +29,7 @@ def _pruned():
     return remove_channels(model, request), request
 
 
+@pytest.mark.slow
 def test_pruned_model_trains_saves_loads_and_converts_to_tflite(tmp_path):
     pruned, request = _pruned()
     x = np.random.rand(16, 8, 8, 3).astype("float32")

@@ -159,6 +159,8 @@ def describe(name=DEFAULT, image_size=None, data_dir=None):
     Example:
 
     >>> shape, classes = tfsparse.data.describe("digits", image_size=(16, 16))
+    >>> shape, classes
+    ((16, 16, 1), 10)
     >>> model = tfsparse.models.lenet5_caffe(shape, classes)
     """
     image_size = _check_image_size(image_size)

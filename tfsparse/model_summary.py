@@ -120,9 +120,12 @@ def summary(model, print_fn=print):
     Example:
 
     >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, 0))
-    >>> pruned.fit(x, y, epochs=1)
-    >>> info = tfsparse.summary(pruned)
-    >>> info.total["sparsity"], info.total["effective_flops"] / info.total["flops"]
+    >>> outputs = pruned(x, training=True)  # a training step sets the masks
+    >>> info = tfsparse.summary(pruned, print_fn=None)
+    >>> [row["layer"] for row in info.rows]
+    ['masked_conv1', 'masked_conv2', 'masked_conv3', 'masked_logits']
+    >>> round(info.total["effective_flops"] / info.total["flops"], 3)
+    0.1
     """
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(

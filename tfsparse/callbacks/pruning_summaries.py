@@ -49,7 +49,12 @@ class PruningSummaries(keras.callbacks.Callback):
 
     Example:
 
-    >>> pruned.fit(x, y, epochs=10, callbacks=[tfsparse.callbacks.PruningSummaries("logs")])
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, 0))
+    >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = pruned.fit(x, y, epochs=2, verbose=0,
+    ...                      callbacks=[tfsparse.callbacks.PruningSummaries("logs")])
+    >>> len(tf.io.gfile.glob("logs/events.out.tfevents.*"))
+    1
     """
 
     def __init__(self, log_dir, update_freq="epoch"):

@@ -51,8 +51,11 @@ class ShortRestriction(keras.callbacks.Callback):
     Example:
 
     >>> search = tfsparse.lottery_jackpot(pretrained, sparsity=0.9)
-    >>> search.compile(tfsparse.optimizers.cosine_sgd(steps=10 * len(train_ds)), loss, metrics=["accuracy"])
-    >>> search.fit(train_ds, epochs=10, callbacks=[tfsparse.callbacks.ShortRestriction(rate=1.0)])
+    >>> search.compile(tfsparse.optimizers.cosine_sgd(steps=len(train_ds)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = search.fit(train_ds, epochs=1, verbose=0,
+    ...                      callbacks=[tfsparse.callbacks.ShortRestriction(rate=1.0)])
+    >>> bool(search.get_layer("scored_conv2").restricted.numpy())
+    True
     """
 
     def __init__(self, rate=1.0):

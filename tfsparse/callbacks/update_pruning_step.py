@@ -24,8 +24,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
     Example:
 
     >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, 0))
-    >>> pruned.compile("adam", "sparse_categorical_crossentropy")
-    >>> pruned.fit(x, y, callbacks=[tfsparse.callbacks.UpdatePruningStep()])
+    >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = pruned.fit(x, y, verbose=0, callbacks=[tfsparse.callbacks.UpdatePruningStep()])
+    >>> int(pruned.get_layer("masked_conv2").pruning_step)  # 256 examples in batches of 32
+    8
     """
 
     def on_train_begin(self, logs=None):

@@ -86,8 +86,11 @@ def save_compact(model, path):
 
     Example:
 
-    >>> tfsparse.export.save_compact(frozen_model, "lenet5.tfsparse")
-    >>> restored = tfsparse.export.load_compact("lenet5.tfsparse")
+    >>> frozen = tfsparse.freezenet(model, 0.9, train_ds, seed=7)
+    >>> tfsparse.export.save_compact(frozen, "model.tfsparse")
+    >>> restored = tfsparse.export.load_compact("model.tfsparse")
+    >>> bool(np.array_equal(restored.predict(x, verbose=0), frozen.predict(x, verbose=0)))
+    True
     """
     check_model(model)
     if not isinstance(path, (str, os.PathLike)):
@@ -166,8 +169,11 @@ def load_compact(path):
 
     Example:
 
-    >>> restored = tfsparse.export.load_compact("lenet5.tfsparse")
-    >>> restored.compile("sgd", "sparse_categorical_crossentropy")
+    >>> tfsparse.export.save_compact(tfsparse.freezenet(model, 0.9, train_ds, seed=7), "model.tfsparse")
+    >>> restored = tfsparse.export.load_compact("model.tfsparse")
+    >>> restored.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # then train on
+    >>> [layer.seed for layer in restored.layers if isinstance(layer, tfsparse.layers.Frozen)]
+    [7, 7, 7, 7]
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"Argument `path` must be a str or os.PathLike, received: {path!r}.")

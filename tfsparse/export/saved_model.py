@@ -29,9 +29,12 @@ def saved_model(model, path):
 
     Example:
 
-    >>> path = tfsparse.export.saved_model(pruned, "/tmp/pruned_savedmodel")
+    >>> pruned = tfsparse.prune_low_magnitude(model)
+    >>> path = tfsparse.export.saved_model(pruned, "pruned_savedmodel")
     >>> reloaded = tf.saved_model.load(path)
-    >>> logits = reloaded.serve(images)
+    >>> logits = reloaded.serve(x)
+    >>> bool(np.allclose(logits, pruned.predict(x, verbose=0), atol=1e-6))
+    True
     """
     check_model(model)
     if not isinstance(path, (str, os.PathLike)):

@@ -121,11 +121,15 @@ def tflite(
 
     Example:
 
-    >>> report = tfsparse.export.tflite(pruned, "/tmp/pruned.tflite")
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, 0))
+    >>> outputs = pruned(x, training=True)  # a training step sets the masks
+    >>> report = tfsparse.export.tflite(pruned, "pruned.tflite")
     >>> print(report)
-    /tmp/pruned.tflite: 166,096 bytes (quantize=None, sparse=True), ...
+    pruned.tflite: ... bytes (quantize=None, sparse=True), ...
     >>> report = tfsparse.export.tflite(
-    ...     pruned, "/tmp/pruned_int8.tflite", quantize="int8", representative_data=train_ds)
+    ...     pruned, "pruned_int8.tflite", quantize="int8", representative_data=train_ds)
+    >>> report.quantize
+    'int8'
     """
     check_model(model)
     if quantize not in QUANTIZE_MODES:
