@@ -119,7 +119,7 @@ def summary(model, print_fn=print):
 
     Example:
 
-    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, 0))
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, begin_step=1))
     >>> outputs = pruned(x, training=True)  # a training step sets the masks
     >>> info = tfsparse.summary(pruned, print_fn=None)
     >>> [row["layer"] for row in info.rows]

@@ -32,10 +32,12 @@ def named_layers(layer):
 
     Example:
 
-    >>> inner = keras.Sequential([keras.layers.Dense(2, name="fc")], name="block")
-    >>> outer = keras.Sequential([keras.Input((3,)), inner], name="net")
-    >>> [path for path, _ in named_layers(outer)]
-    ['net', 'block', 'block/fc']
+    >>> features = keras.Input((4,), name="features")
+    >>> block = keras.Model(features, keras.layers.Dense(2, name="fc")(features), name="block")
+    >>> pixels = keras.Input((3,), name="pixels")
+    >>> net = keras.Model(pixels, block(keras.layers.Dense(4, name="fc1")(pixels)), name="net")
+    >>> [path for path, _ in named_layers(net)]
+    ['net', 'pixels', 'fc1', 'block', 'block/features', 'block/fc']
     """
     seen = {id(layer)}
 

@@ -49,7 +49,7 @@ class PruningSummaries(keras.callbacks.Callback):
 
     Example:
 
-    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, 0))
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, begin_step=1))
     >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> history = pruned.fit(x, y, epochs=2, verbose=0,
     ...                      callbacks=[tfsparse.callbacks.PruningSummaries("logs")])

@@ -23,7 +23,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     Example:
 
-    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, 0))
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, begin_step=1))
     >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> history = pruned.fit(x, y, verbose=0, callbacks=[tfsparse.callbacks.UpdatePruningStep()])
     >>> int(pruned.get_layer("masked_conv2").pruning_step)  # 256 examples in batches of 32

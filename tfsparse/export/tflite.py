@@ -121,7 +121,7 @@ def tflite(
 
     Example:
 
-    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, 0))
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.9, begin_step=1))
     >>> outputs = pruned(x, training=True)  # a training step sets the masks
     >>> report = tfsparse.export.tflite(pruned, "pruned.tflite")
     >>> print(report)

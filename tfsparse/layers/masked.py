@@ -306,10 +306,11 @@ def group_members(group, entry_layer):
 
     Example:
 
+    >>> schedule = tfsparse.schedules.ConstantSparsity(0.9, begin_step=1)
     >>> pruned = tfsparse.prune_low_magnitude(model, schedule, scope="global")
     >>> member = next(l for l in pruned.layers if isinstance(l, Masked))
     >>> [m.group["index"] for m in group_members(member.group, pruned)]
-    [0, 1, 2]
+    [0, 1, 2, 3]
     """
     found = {}
     for _, layer in named_layers(entry_layer):

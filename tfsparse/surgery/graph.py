@@ -165,11 +165,16 @@ class ChannelGroup:
 
         Example:
 
+        >>> group = tfsparse.surgery.dependency_groups(model)[1]  # conv2 + conv3, added
+        >>> group.producers
+        ('conv2', 'conv3')
         >>> for layer, weight, axis, indices in group.slices_of(3, roles=("producer",)):
         ...     variable = next(w for w in model.get_layer(layer).weights if w.name == weight)
         ...     array = keras.ops.convert_to_numpy(variable)
         ...     array[(slice(None),) * axis + (list(indices),)] = 0.0
-        ...     variable.assign(array)
+        ...     _ = variable.assign(array)
+        >>> float(np.abs(model.get_layer("conv3").kernel.numpy()[..., 3]).sum())
+        0.0
         """
         if not isinstance(channel, numbers.Integral) or isinstance(channel, bool):
             raise TypeError(f"Argument `channel` must be an integer, received: {channel!r}.")

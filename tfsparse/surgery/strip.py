@@ -40,7 +40,7 @@ def strip(model):
 
     Example:
 
-    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.5, 0))
+    >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.5, begin_step=1))
     >>> outputs = pruned(x, training=True)  # a training step sets the masks
     >>> plain = tfsparse.strip(pruned)
     >>> float(np.mean(plain.get_layer("conv2").kernel.numpy() == 0))
