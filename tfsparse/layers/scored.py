@@ -6,6 +6,7 @@ import numbers
 import keras
 import tensorflow as tf
 
+from tfsparse.checks import check_seed
 from tfsparse.layers.wrapper import ParametrizedWrapper
 from tfsparse.scoring import magnitude
 
@@ -46,7 +47,8 @@ class Scored(ParametrizedWrapper):
             (Kaiming-uniform scores from `seed`, uniform in
             `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` as in Edge-popup; the top-k
             are kept).
-        seed: integer seed of the random init (used by `"random"` only).
+        seed: integer seed of the random init, in `[0, 2**32)` (used by
+            `"random"` only).
         score_regularizer: regularizer of the scores, e.g.
             `keras.regularizers.L2(wd / 2)` for weight decay `wd` coupled
             with the optimizer's momentum.
@@ -78,11 +80,9 @@ class Scored(ParametrizedWrapper):
             )
         if init not in INITS:
             raise ValueError(f"Argument `init` must be one of {INITS}, received: {init!r}.")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"Argument `seed` must be an int, received: {seed!r}.")
         self.sparsity = [float(s) for s in values]
         self.init = init
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.score_regularizer = keras.regularizers.get(score_regularizer)
 
     def build_parametrization(self, weights):

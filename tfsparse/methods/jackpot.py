@@ -131,7 +131,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
             return Fixed(copy) if copy.trainable_weights else copy
         index, layer_sparsity = plan[id(layer)]
         return Scored(
-            copy_layer(layer), sparsity=layer_sparsity, init=init, seed=seed + index, score_regularizer=regularizer
+            copy_layer(layer), sparsity=layer_sparsity, init=init, seed=(seed + index) % checks.SEED_LIMIT, score_regularizer=regularizer
         )
 
     return transform_layers(model, wrap)
