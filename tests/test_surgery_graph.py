@@ -225,7 +225,7 @@ def test_sequential_models_are_pruned_as_graphs_and_stay_sequential():
 
 def test_wrapped_models_are_stripped_first():
     model = ts.models.lenet5_caffe((16, 16, 1))
-    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, 0))
+    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, begin_step=1))
     pruned(np.random.rand(2, 16, 16, 1).astype("float32"), training=True)  # sets the masks
     assert [g.producers for g in dependency_groups(pruned)] == [("conv1",), ("conv2",), ("fc1",), ("logits",)]
     new = remove_channels(pruned, {"conv2": [0, 1]})

@@ -90,7 +90,7 @@ def test_subclassed_model_changed_in_place_is_left_uncompiled_and_trains_its_new
     model(x)
     model.compile(UnregisteredSGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, verbose=0)  # traces a train step over the old layers
-    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, 0))
+    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, begin_step=1))
     assert pruned is model and not pruned.compiled
     pruned.compile(UnregisteredSGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     kernel = pruned.hidden.layer.kernel.numpy()
