@@ -14,7 +14,7 @@ import abc
 
 import numpy as np
 
-from tfsparse.registry import prunable_weight_names
+from tfsparse.registry import is_prunable, prunable_weight_names
 from tfsparse.walk import weight_named
 
 PRODUCER_AND_MEMBER = ("producer", "member")
@@ -78,7 +78,7 @@ class ChannelImportance(abc.ABC):
         for group in groups:
             for piece in group.slices:
                 layer = model.get_layer(piece.layer)
-                if piece.role in self.roles and piece.weight in prunable_weight_names(layer):
+                if piece.role in self.roles and is_prunable(layer) and piece.weight in prunable_weight_names(layer):
                     found[piece.layer, piece.weight] = weight_named(layer, piece.weight).numpy()
         return found
 
