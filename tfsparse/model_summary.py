@@ -34,8 +34,7 @@ import keras
 import numpy as np
 
 from tfsparse import checks
-from tfsparse.registry import spec_of
-from tfsparse.registry.flops import prod
+from tfsparse.registry.flops import layer_flops
 from tfsparse.walk import is_wrapper, named_layers
 
 COLUMNS = {
@@ -181,7 +180,7 @@ def _row(path, layer):
     arrays = [_numpy(effective.get(id(w), w)) for w in weights]
     parameters = sum(a.size for a in arrays)
     nonzeros = sum(int(np.count_nonzero(a)) for a in arrays)
-    flops, effective_flops = _flops(inner, {w.name: a for w, a in zip(weights, arrays)})
+    flops, effective_flops = layer_flops(inner, {w.name: a for w, a in zip(weights, arrays)})
     return {
         "layer": path,
         "type": kind,
@@ -199,25 +198,6 @@ def _own_weights(layer):
     """The weights a layer creates itself, not those of its sublayers."""
     inner = {id(w) for _, sub in list(named_layers(layer))[1:] for w in sub.weights}
     return [w for w in layer.weights if id(w) not in inner]
-
-
-def _flops(layer, arrays):
-    """(dense, effective) FLOPs of one example through `layer`, by its registered rule."""
-    spec = spec_of(layer)
-    if spec is None or spec.flops is None:
-        return 0, 0
-    return spec.flops(layer, _input_shape(layer), arrays)
-
-
-def _input_shape(layer):
-    config = layer.get_build_config() or {}
-    if "input_shape" not in config:
-        raise ValueError(
-            f"Layer {layer.name!r} ({type(layer).__name__}) has no recorded input shape, so "
-            f"its FLOPs are unknown. Build the model by calling it on data or with "
-            f"`model.build(input_shape)`."
-        )
-    return tuple(config["input_shape"])
 
 
 def _numpy(value):

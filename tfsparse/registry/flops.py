@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from tfsparse.registry.spec import spec_of
+
 
 def prod(dims):
     """The product of `dims`, `None` counting as 1."""
@@ -71,3 +73,48 @@ def elementwise_flops(layer, input_shape, weights):
 def _spatial(layer, shape):
     channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
     return prod(shape[2:] if channels_first else shape[1:-1])
+
+
+def layer_flops(layer, weights, input_shape=None):
+    """Returns the (dense, effective) FLOPs of one example through `layer`, by its registered rule.
+
+    Args:
+        layer: a built Keras layer.
+        weights: `{weight name: NumPy array}` of its (effective) values;
+            only the shapes count for the dense figure.
+        input_shape: the shape of its input, batch axis included; defaults
+            to the one recorded when the layer was built.
+
+    Returns:
+        `(dense, effective)`, both 0 for a layer without a FLOP rule.
+
+    Raises:
+        ValueError: if the layer has a FLOP rule but no recorded input shape.
+
+    Example:
+
+    >>> dense = keras.layers.Dense(4)
+    >>> dense.build((None, 3))
+    >>> layer_flops(dense, {"kernel": np.ones((3, 4)), "bias": np.zeros(4)})
+    (24, 24)
+    """
+    spec = spec_of(layer)
+    if spec is None or spec.flops is None:
+        return 0, 0
+    return spec.flops(layer, recorded_input_shape(layer) if input_shape is None else input_shape, weights)
+
+
+def recorded_input_shape(layer):
+    """The input shape `layer` was built with.
+
+    Raises:
+        ValueError: if none is recorded.
+    """
+    config = layer.get_build_config() or {}
+    if "input_shape" not in config:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no recorded input shape, so "
+            f"its FLOPs are unknown. Build the model by calling it on data or with "
+            f"`model.build(input_shape)`."
+        )
+    return tuple(config["input_shape"])

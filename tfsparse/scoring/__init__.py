@@ -1,6 +1,11 @@
-"""Saliency criteria and the masks they select."""
+"""Saliency criteria and the masks they select; channel importance criteria."""
 
+from tfsparse.scoring.channel_criteria import L1, L2, BNScale, Taylor
+from tfsparse.scoring.channel_importance import ChannelImportance
 from tfsparse.scoring.magnitude import block_mask, global_topk_masks, m_by_n_mask, topk_mask
-from tfsparse.scoring.saliency import snip_saliency
+from tfsparse.scoring.saliency import mean_gradients, snip_saliency
 
-__all__ = ["block_mask", "global_topk_masks", "m_by_n_mask", "snip_saliency", "topk_mask"]
+__all__ = [
+    "BNScale", "ChannelImportance", "L1", "L2", "Taylor", "block_mask", "global_topk_masks", "m_by_n_mask",
+    "mean_gradients", "snip_saliency", "topk_mask",
+]

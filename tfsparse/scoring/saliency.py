@@ -51,36 +51,94 @@ def snip_saliency(model, data, batches=1, loss=None):
     checks.check_positive_int(batches, "batches")
     checks.check_built(model)
     weights = prunable_weights(model)
-    loss_fn = _get_loss(model, loss)
-    trainable = list(model.trainable_variables)
-    non_trainable = list(model.non_trainable_variables)
-    scored = [id(w) for w in weights.values()]
-    slots = {id(v): (0, i) for i, v in enumerate(trainable)}
-    slots.update({id(v): (1, i) for i, v in enumerate(non_trainable)})
+    grads = mean_gradients(model, list(weights.values()), data, batches, loss)
+    return {key: tf.abs(tf.convert_to_tensor(w) * g) for (key, w), g in zip(weights.items(), grads)}
 
-    @tf.function(reduce_retracing=True)
-    def gradients(state, x, y, sample_weight):
-        state = [list(state[0]), list(state[1])]
-        with tf.GradientTape() as tape:
-            watched = [state[slots[key][0]][slots[key][1]] for key in scored]
-            tape.watch(watched)
-            y_pred, _ = model.stateless_call(state[0], state[1], x, training=True)
-            value = loss_fn(y, y_pred, sample_weight=sample_weight)
-        return tape.gradient(value, watched)
 
-    # Tensors, not variables: plain values also under a tf.distribute strategy.
-    state = ([tf.convert_to_tensor(v) for v in trainable], [tf.convert_to_tensor(v) for v in non_trainable])
+def mean_gradients(model, variables, data, batches=1, loss=None):
+    """Returns the gradient of the loss with respect to `variables`, averaged over batches.
+
+    One forward and backward pass per batch, in training mode, at the
+    model's current weights; the model's variables are not changed
+    (normalization statistics and step counters are left as they were). A
+    progress bar shows from 5 batches on. Under a `tf.distribute` strategy
+    (inside `strategy.scope()`), each batch is split across the replicas and
+    their gradients summed, weighted by their share of the batch, so the
+    result is the gradient of the whole batch.
+
+    Args:
+        model: a built Keras model.
+        variables: variables of `model` (trainable or not).
+        data: as for `snip_saliency`.
+        batches: how many batches to draw from `data`.
+        loss: as for `snip_saliency`.
+
+    Returns:
+        A list of float tensors, one per variable, shaped like it.
+
+    Raises:
+        ValueError: for a bad `batches` or too little data.
+        TypeError: for a bad `data` or `loss`.
+
+    Example:
+
+    >>> (grad,) = mean_gradients(model, [model.get_layer("logits").kernel], (x[:32], y[:32]))
+    >>> tuple(grad.shape)
+    (32, 10)
+    """
+    checks.check_positive_int(batches, "batches")
+    step = _gradient_step(model, variables, _get_loss(model, loss))
     progress = keras.utils.Progbar(batches, unit_name="batch") if batches >= PROGRESS_MIN_BATCHES else None
     total = None
-    for step, batch in enumerate(_batches(data, batches), start=1):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        grads = gradients(state, x, y, sample_weight)
+    for count, batch in enumerate(_batches(data, batches), start=1):
+        grads = step(*keras.utils.unpack_x_y_sample_weight(batch))
         total = grads if total is None else [t + g for t, g in zip(total, grads)]
         if progress is not None:
-            progress.update(step)
-    return {
-        key: tf.abs(tf.convert_to_tensor(w) * g / batches) for (key, w), g in zip(weights.items(), total)
-    }
+            progress.update(count)
+    return [t / batches for t in total]
+
+
+def _gradient_step(model, variables, loss_fn):
+    """Returns `step(x, y, sample_weight)` -> gradients of the batch's mean loss, summed over the replicas."""
+    trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    slots = {id(v): (0, i) for i, v in enumerate(trainable)}
+    slots.update({id(v): (1, i) for i, v in enumerate(non_trainable)})
+    wanted = [slots[id(v)] for v in variables]
+    strategy = tf.distribute.get_strategy()
+
+    def replica_gradients(x, y, sample_weight, batch_size):
+        # Tensors, not variables: each replica reads its own copy.
+        state = [[tf.convert_to_tensor(v) for v in trainable], [tf.convert_to_tensor(v) for v in non_trainable]]
+        with tf.GradientTape() as tape:
+            watched = [state[kind][i] for kind, i in wanted]
+            tape.watch(watched)
+            y_pred, _ = model.stateless_call(state[0], state[1], x, training=True)
+            value = loss_fn(y, y_pred, sample_weight, batch_size)
+        return tape.gradient(value, watched)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y, sample_weight):
+        size = tf.shape(tf.nest.flatten(x)[0])[0]
+        parts = strategy.experimental_distribute_values_from_function(
+            lambda context: _replica_part((x, y, sample_weight), context))
+        grads = strategy.run(lambda part: replica_gradients(*part, size), args=(parts,))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+
+    return step
+
+
+def _replica_part(batch, context):
+    """The slice of `batch` (nested tensors, batch axis first) that replica `context` computes."""
+    def part(tensor):
+        if tensor is None:  # no sample weights
+            return None
+        size = tf.shape(tensor)[0]
+        start = size * context.replica_id_in_sync_group // context.num_replicas_in_sync
+        end = size * (context.replica_id_in_sync_group + 1) // context.num_replicas_in_sync
+        return tensor[start:end]
+
+    return tf.nest.map_structure(part, batch)
 
 
 def _batches(data, batches):
@@ -110,7 +168,14 @@ def _batches(data, batches):
 
 
 def _get_loss(model, loss):
-    """Returns `loss(y_true, y_pred, sample_weight=None)` -> scalar mean loss."""
+    """Returns `loss(y_true, y_pred, sample_weight, batch_size)` -> the batch's share of the mean loss.
+
+    The per-example losses of the (part of a) batch are weighted by
+    `sample_weight` and summed, then divided by the size of the whole
+    batch: summed over the replicas that share a batch, the shares make the
+    mean loss of the batch (a Keras `Loss` called whole would instead scale
+    itself by the number of replicas).
+    """
     if loss is None:
         loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     try:
@@ -118,17 +183,19 @@ def _get_loss(model, loss):
     except (TypeError, ValueError):
         function = None
     if isinstance(function, keras.losses.Loss):
-        return function
+        function = function.call
     if not callable(function):
         raise TypeError(
             f"Argument `loss` must be a Keras loss name, function or keras.losses.Loss "
             f"for a single-output model, received: {loss!r}."
         )
 
-    def mean_loss(y_true, y_pred, sample_weight=None):
+    def batch_share(y_true, y_pred, sample_weight, batch_size):
         values = function(y_true, y_pred)
+        if len(values.shape) > 1:
+            values = keras.ops.mean(values, axis=tuple(range(1, len(values.shape))))
         if sample_weight is not None:
-            values = values * keras.ops.cast(sample_weight, values.dtype)
-        return keras.ops.mean(values)
+            values = values * keras.ops.cast(keras.ops.reshape(sample_weight, (-1,)), values.dtype)
+        return keras.ops.sum(values) / keras.ops.cast(batch_size, values.dtype)
 
-    return mean_loss
+    return batch_share

@@ -1,6 +1,7 @@
 """Graph surgery: rebuild models with layers wrapped, unwrapped or reshaped."""
 
 from tfsparse.surgery.clone import copy_layer, transform_layers
+from tfsparse.surgery.cost import RemovalCost
 from tfsparse.surgery.graph import ChannelGroup, WeightSlice, dependency_groups
 from tfsparse.surgery.merge import merge_channels
 from tfsparse.surgery.remove import remove_channels
@@ -8,6 +9,6 @@ from tfsparse.surgery.replace import remove_blocks, replace_layer
 from tfsparse.surgery.strip import strip
 
 __all__ = [
-    "ChannelGroup", "WeightSlice", "copy_layer", "dependency_groups", "merge_channels", "remove_blocks",
+    "ChannelGroup", "RemovalCost", "WeightSlice", "copy_layer", "dependency_groups", "merge_channels", "remove_blocks",
     "remove_channels", "replace_layer", "strip", "transform_layers",
 ]
