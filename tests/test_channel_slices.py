@@ -195,6 +195,7 @@ def _zero(model, slices):
         variable.assign(array)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SLICE_MODELS))
 def test_zeroing_the_slices_of_a_channel_computes_what_removing_it_computes(name):
     """Silencing a channel (producer and member slices) or ignoring it (consumer slices) is removing it."""

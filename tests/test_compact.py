@@ -70,6 +70,7 @@ def saved(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 def test_round_trip_is_bit_exact(saved):
     model, path = saved
     x, _ = _data(16)

@@ -59,6 +59,7 @@ def test_fresh_layer_starts_at_its_frozen_values_and_counts_them():
     assert layer.summary_fields() == {"trained": 4, "frozen": 16}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
     [

@@ -218,6 +218,7 @@ def _search_state(search):
     }
 
 
+@pytest.mark.slow
 def test_reloaded_search_continues_exactly_as_an_uninterrupted_one(tmp_path):
     x, y = _data()
     pretrained = _pretrained()

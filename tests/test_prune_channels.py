@@ -57,6 +57,7 @@ def _reached(model, pruned, target):
     return 1 - after[key] / before[key]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["params", "flops"])
 def test_params_and_flops_targets_are_reached_within_one_channel(target):
     model = ts.models.resnet20(width=0.5)
@@ -119,6 +120,7 @@ def test_taylor_and_a_criterion_object_prune_through_the_same_call():
     assert pruned.get_layer("conv1").filters + pruned.get_layer("conv2").filters == 24 - 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [ts.models.resnet20, ts.models.vgg, ts.models.lenet5_caffe,
                                    ts.models.mobilenet_v2_small])
 def test_reference_models_prune_to_working_narrower_models(build):

@@ -61,6 +61,7 @@ def _fit(model, x, y, optimizer="adam", epochs=1, batch_size=8):
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_supported_layer_wraps_trains_and_strips(name):
     model = _model_with(name)
@@ -128,6 +129,7 @@ def test_tfmot_schedule_objects_are_accepted_as_they_are():
     assert all(isinstance(l.pruning_schedule, ts.schedules.PolynomialDecay) for l in _masked_layers(model))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",
     [

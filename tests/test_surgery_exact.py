@@ -191,6 +191,7 @@ REFERENCE_MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
 def test_removing_silent_channels_keeps_reference_logits(name):
     model = REFERENCE_MODELS[name]()
@@ -259,6 +260,7 @@ MERGE_MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MERGE_MODELS))
 def test_merging_identical_channels_is_exact(name):
     model = MERGE_MODELS[name]()
@@ -278,6 +280,7 @@ def test_merging_different_channels_changes_the_logits():
     assert np.max(np.abs(after - before)) > 100 * TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "build, width", [(ts.models.resnet20, 0.5), (ts.models.mobilenet_v2_small, 0.75)], ids=["resnet20", "mobilenet"])
 def test_removing_channels_gives_the_native_narrow_model(build, width):

@@ -76,6 +76,7 @@ def test_removing_a_silent_block_keeps_the_logits_and_drops_its_parameters():
     assert "stage1_block2_relu2" in names
 
 
+@pytest.mark.slow
 def test_dropping_six_blocks_per_stage_turns_resnet56_into_resnet20():
     model = ts.models.resnet56((8, 8, 3), width=0.25)
     new = remove_blocks(model, [f"stage{s}_block{b}_add" for s in (1, 2, 3) for b in range(4, 10)])

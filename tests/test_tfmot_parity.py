@@ -82,6 +82,7 @@ def test_one_shot_pruning_happens_at_the_given_batch():
     assert [z for (z,) in _zeros_per_batch(model, 4)] == [0, 0, 50, 50]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SCHEDULES))
 def test_masks_match_tfmot_batch_for_batch(case):
     name, args = SCHEDULES[case]

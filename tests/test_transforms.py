@@ -54,6 +54,7 @@ def _compiled(model):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_transform_of_a_model_compiled_with_an_unregistered_optimizer(name):
     model = _compiled(_functional())
