@@ -32,3 +32,27 @@ def test_bad_sparsity_is_rejected_by_name(tmp_path):
 def test_module_entry_point_lists_jobs():
     out = subprocess.run([sys.executable, "-m", "tfsparse", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--epochs", "0"], "argument --epochs: must be a positive integer, received: '0'"),
+        (["demo", "--epochs", "-2"], "argument --epochs: must be a positive integer, received: '-2'"),
+        (["demo", "--batch-size", "x"], "argument --batch-size: must be a positive integer, received: 'x'"),
+        (["jackpot", "--pretrain-epochs", "-1"], "argument --pretrain-epochs: must be an integer >= 0, received: '-1'"),
+    ],
+)
+def test_the_parser_refuses_bad_counts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_error_in_a_job_is_one_line_without_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=r"^tfsparse demo: error: Argument `name` must be 'digits'") as exit_info:
+        cli.run(["demo", "--data", "no_such_data", "--out", str(tmp_path)])
+    assert "\n" not in str(exit_info.value.code)
+    with pytest.raises(ValueError, match="Argument `name`"):
+        cli.run(["--verbose", "demo", "--data", "no_such_data", "--out", str(tmp_path)])

@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import os
+import sys
 
 # Each job lives in tfsparse/jobs/<name>.py.
 JOBS = ("demo", "freezenet", "jackpot")
@@ -12,6 +13,7 @@ def run(argv=None):
     """Parses the command line, runs the chosen job and returns its result."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(prog="tfsparse", description="Sparsity and compression for Keras 3 models.")
+    parser.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     modules = {}
     for name in JOBS:
@@ -19,7 +21,13 @@ def run(argv=None):
         module.add_arguments(jobs.add_parser(name, help=module.HELP, description=module.HELP))
         modules[name] = module
     args = parser.parse_args(argv)
-    return modules[args.job].run(args)
+    try:
+        return modules[args.job].run(args)
+    except (ValueError, TypeError, OSError, KeyError) as error:
+        if args.verbose:
+            raise
+        # One line that names the problem; `--verbose` shows the traceback.
+        raise SystemExit(f"tfsparse {args.job}: error: {error}") from None
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """What the command-line jobs share: data, models, training, tables and plots."""
 
+import argparse
 import pathlib
 import sys
 
@@ -12,13 +13,33 @@ MODELS = {"lenet_300_100": models.lenet_300_100, "lenet5_caffe": models.lenet5_c
 MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16}
 
 
+def positive_int(text):
+    """An argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text):
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text, minimum, allowed):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, received: {text!r}")
+    return value
+
+
 def add_common_arguments(parser, epochs, model="lenet_300_100"):
     """Adds --data, --model, --epochs, --batch-size, --seed and --out."""
     parser.add_argument("--data", default=data.DEFAULT,
                         help=f"dataset: 'digits' (embedded, default), 'fashion_mnist', or a prepared tfds name")
     parser.add_argument("--model", default=model, choices=sorted(MODELS), help="reference model to train")
-    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per phase")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs per phase")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tfsparse-out"),
                         help="directory for the plot, the .tflite files and other outputs")

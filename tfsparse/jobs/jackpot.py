@@ -23,7 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of the searched kernels to prune")
     parser.add_argument("--weights", default=None,
                         help="pre-trained weights of --model (.weights.h5); pre-trains first when omitted")
-    parser.add_argument("--pretrain-epochs", type=int, default=10, help="dense epochs when --weights is omitted")
+    parser.add_argument("--pretrain-epochs", type=common.non_negative_int, default=10, help="dense epochs when --weights is omitted")
     parser.add_argument("--init", default="magnitude", choices=INITS, help="initial mask of the search")
     parser.add_argument("--lr", type=float, default=0.1,
                         help="initial (cosine-decayed) learning rate of the scores; 0.1 as in the reference")
