@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -49,3 +50,13 @@ def test_polynomial_decay_refuses_a_power_that_cannot_prune(power):
 def test_polynomial_decay_keeps_the_type_of_its_power():
     assert ts.schedules.PolynomialDecay(0.0, 0.5, 0, 10, power=np.int64(2)).get_config()["power"] == 2
     assert ts.schedules.PolynomialDecay(0.0, 0.5, 0, 10, power=0.5).get_config()["power"] == 0.5
+
+
+def test_transforms_and_loaders_name_a_bad_model_or_seed():
+    with pytest.raises(TypeError, match=r"Argument `model` must be a keras.Model, received: 'x'"):
+        ts.strip("x")
+    unbuilt = keras.Sequential([keras.layers.Dense(3), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"Argument `model` \('\w+'\) is not built"):
+        ts.lottery_jackpot(unbuilt, 0.5)
+    with pytest.raises(TypeError, match=r"Argument `seed` must be an integer, received: 'x'"):
+        ts.data.load("digits", "train", 32, seed="x")

@@ -394,8 +394,12 @@ def test_bad_arguments_raise_clear_errors(make, match):
 def test_bad_mask_shape_and_structure_raise_clear_errors():
     layer = Masked(keras.layers.Dense(3))
     layer.build((None, 4))
-    with pytest.raises(ValueError, match=r"must have shape \(4, 3\), received shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"0/1 arrays of shape \(4, 3\) .*received shape \(3, 4\)"):
         layer.set_masks([np.ones((3, 4))])
+    with pytest.raises(ValueError, match=r"0/1 arrays of shape \(4, 3\) .*with values \[0.5\]"):
+        layer.set_masks([np.full((4, 3), 0.5)])
+    with pytest.raises(ValueError, match=r"Layer 'masked_dense_\w*' is not built, so it has no masks yet"):
+        Masked(keras.layers.Dense(3)).set_masks([np.ones((4, 3))])
     conv = Masked(keras.layers.Conv2D(2, 3), block_size=(2, 2))
     with pytest.raises(ValueError, match=r"`block_size` \(2, 2\) needs rank-2 weights"):
         conv.build((None, 5, 5, 1))

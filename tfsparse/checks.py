@@ -3,6 +3,7 @@
 import numbers
 import random
 
+import keras
 import numpy as np
 
 SEED_LIMIT = 2**32
@@ -23,6 +24,20 @@ def check_built(layer, argument="model"):
             f"Argument `{argument}` ({layer.name!r}) is not built. Build it first, e.g. "
             f"`model.build(input_shape)` or call it on a batch of data."
         )
+
+
+def check_model(model, argument="model"):
+    """Raises unless `model` is a built `keras.Model`.
+
+    Raises:
+        ArgumentTypeError: if it is not a `keras.Model`.
+        ValueError: if it is not built.
+    """
+    if not isinstance(model, keras.Model):
+        raise ArgumentTypeError(
+            f"Argument `{argument}` must be a keras.Model, received: {model!r} (of type {type(model).__name__})."
+        )
+    check_built(model, argument)
 
 
 def check_fraction(value, argument, include_one=False):

@@ -3,7 +3,6 @@
 import argparse
 import importlib
 import os
-import sys
 
 # Each job lives in tfsparse/jobs/<name>.py.
 JOBS = ("demo", "freezenet", "jackpot")

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfsparse import checks
+
 DEFAULT = "digits"
 FASHION_MNIST = "fashion_mnist"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -102,8 +104,8 @@ def load(
     >>> images.shape, labels.dtype
     (TensorShape([64, 8, 8, 1]), tf.int32)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer, received: {batch_size!r}.")
+    batch_size = checks.check_positive_int(batch_size, "batch_size")
+    seed = None if seed is None else checks.check_seed(seed)
     if shuffle is not None and not isinstance(shuffle, bool):
         raise ValueError(f"Argument `shuffle` must be None, True or False, received: {shuffle!r}.")
     image_size = _check_image_size(image_size)

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsparse.export.saved_model import check_model
+from tfsparse.checks import check_model
 from tfsparse.layers.frozen import GENERATOR, GENERATOR_VERSION, Frozen
 from tfsparse.surgery.clone import is_graph_model
 from tfsparse.walk import named_layers

@@ -2,9 +2,7 @@
 
 import os
 
-import keras
-
-from tfsparse.checks import check_built
+from tfsparse.checks import check_model
 from tfsparse.surgery.strip import strip
 
 
@@ -41,10 +39,3 @@ def saved_model(model, path):
         raise TypeError(f"Argument `path` must be a str or os.PathLike, received: {path!r}.")
     strip(model).export(path, verbose=False)
     return path
-
-
-def check_model(model):
-    """Raises a clear error unless `model` is a built Keras model."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Argument `model` must be a keras.Model, received: {type(model).__name__}.")
-    check_built(model)

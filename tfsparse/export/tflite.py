@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsparse.export.saved_model import check_model, saved_model
+from tfsparse.checks import check_model
+from tfsparse.export.saved_model import saved_model
 
 QUANTIZE_MODES = (None, "dynamic", "int8")
 SAMPLE_COUNT = 8  # inputs compared with the Keras model

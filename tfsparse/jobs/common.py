@@ -36,7 +36,7 @@ def _int_at_least(text, minimum, allowed):
 def add_common_arguments(parser, epochs, model="lenet_300_100"):
     """Adds --data, --model, --epochs, --batch-size, --seed and --out."""
     parser.add_argument("--data", default=data.DEFAULT,
-                        help=f"dataset: 'digits' (embedded, default), 'fashion_mnist', or a prepared tfds name")
+                        help="dataset: 'digits' (embedded, default), 'fashion_mnist', or a prepared tfds name")
     parser.add_argument("--model", default=model, choices=sorted(MODELS), help="reference model to train")
     parser.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs per phase")
     parser.add_argument("--batch-size", type=positive_int, default=64)

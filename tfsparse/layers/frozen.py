@@ -230,20 +230,7 @@ class Frozen(ParametrizedWrapper):
             ValueError: for a wrong number of masks, a wrong shape, or values
                 other than 0 and 1.
         """
-        if len(masks) != len(self.masks):
-            raise ValueError(
-                f"Argument `masks` must hold {len(self.masks)} arrays for layer "
-                f"{self.name!r}, received {len(masks)}."
-            )
-        for variable, mask in zip(self.masks, masks):
-            value = np.asarray(keras.ops.convert_to_numpy(mask))
-            if value.shape != tuple(variable.shape) or not np.isin(value, (0, 1)).all():
-                raise ValueError(
-                    f"Argument `masks` must hold 0/1 arrays of shape {tuple(variable.shape)} "
-                    f"for {variable.path!r}, received shape {value.shape} with values "
-                    f"{np.unique(value)[:5].tolist()}."
-                )
-            variable.assign(value.astype(variable.dtype))
+        self.assign_masks(masks)
 
     def summary_fields(self):
         trained = sum(int(np.sum(keras.ops.convert_to_numpy(m))) for m in self.masks)

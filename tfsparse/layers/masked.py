@@ -171,19 +171,13 @@ class Masked(ParametrizedWrapper):
         return weight * self.masks[index]
 
     def set_masks(self, masks):
-        """Sets the masks (a list of 0/1 arrays, one per prunable weight)."""
-        if len(masks) != len(self.masks):
-            raise ValueError(
-                f"Argument `masks` must hold {len(self.masks)} arrays for layer "
-                f"{self.name!r}, received {len(masks)}."
-            )
-        for variable, value in zip(self.masks, masks):
-            if tuple(keras.ops.shape(value)) != tuple(variable.shape):
-                raise ValueError(
-                    f"Argument `masks` for {variable.name!r} of layer {self.name!r} must have "
-                    f"shape {tuple(variable.shape)}, received shape {tuple(keras.ops.shape(value))}."
-                )
-            variable.assign(keras.ops.cast(value, variable.dtype))
+        """Sets the masks: a list of 0/1 arrays, one per prunable weight.
+
+        Raises:
+            ValueError: before the layer is built, or for a wrong number of
+                masks, a wrong shape, or values other than 0 and 1.
+        """
+        self.assign_masks(masks)
 
     def update_state(self, training):
         if not training or self.pruning_schedule is None:

@@ -1,6 +1,7 @@
 """The base wrapper: a layer whose weights are a function of stored state."""
 
 import keras
+import numpy as np
 
 from tfsparse.registry import prunable_weight_names
 
@@ -96,6 +97,35 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     def summary_fields(self):
         """Returns `{column name: number}` for `tfsparse.summary`; none by default."""
         return {}
+
+    def assign_masks(self, masks):
+        """Assigns 0/1 `masks`, one per prunable weight, to the wrapper's `masks` variables.
+
+        For subclasses that keep one mask variable per prunable weight in
+        `self.masks` (`Masked`, `Frozen`); their `set_masks` calls it.
+
+        Raises:
+            ValueError: before the layer is built, or for a wrong number of
+                masks, a wrong shape, or values other than 0 and 1.
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name!r} is not built, so it has no masks yet. Build it first, e.g. "
+                f"`layer.build(input_shape)` or call it on a batch of data."
+            )
+        if len(masks) != len(self.masks):
+            raise ValueError(
+                f"Argument `masks` must hold {len(self.masks)} arrays for layer {self.name!r}, received {len(masks)}."
+            )
+        for variable, mask in zip(self.masks, masks):
+            value = np.asarray(keras.ops.convert_to_numpy(mask))
+            if value.shape != tuple(variable.shape) or not np.isin(value, (0, 1)).all():
+                raise ValueError(
+                    f"Argument `masks` must hold 0/1 arrays of shape {tuple(variable.shape)} "
+                    f"for {variable.path!r}, received shape {value.shape} with values "
+                    f"{np.unique(value)[:5].tolist()}."
+                )
+            variable.assign(value.astype(variable.dtype))
 
     @classmethod
     def summary_ratios(cls):

@@ -194,8 +194,5 @@ def _wrap(model, masks, make_wrapper):
 
 
 def _check_plain(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Argument `model` must be a keras.Model, received: {model!r} (of type {type(model).__name__})."
-        )
+    checks.check_model(model)
     check_unwrapped(model)

@@ -91,10 +91,7 @@ def lottery_jackpot(model, sparsity, init="magnitude", exclude=None, weight_deca
     >>> bool(np.array_equal(kernel[kept], pretrained.get_layer("conv2").kernel.numpy()[kept]))
     True
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Argument `model` must be a keras.Model, received: {model!r} (of type {type(model).__name__})."
-        )
+    checks.check_model(model)
     sparsity = checks.check_fraction(sparsity, "sparsity")
     if init not in INITS:
         raise ValueError(f"Argument `init` must be one of {INITS}, received: {init!r}.")

@@ -3,7 +3,7 @@
 import keras
 
 from tfsparse import keras_internals
-from tfsparse.checks import check_built
+from tfsparse.checks import check_model
 
 
 def copy_layer(layer, weights=None):
@@ -63,7 +63,7 @@ def transform_layers(model, fn):
     Raises:
         ValueError: if `model` is not built.
     """
-    check_built(model)
+    check_model(model)
     if is_graph_model(model):
         return clone_uncompiled(model, clone_function=fn)
     with keras_internals.unlocked(model):
