@@ -268,7 +268,7 @@ class _Net(keras.Model):
 
 @keras.saving.register_keras_serializable(package="tfsparse_tests")
 class RegisteredNet(_Net):
-    pass
+    """The same network, registered, so that `load_compact` can rebuild it."""
 
 
 def _lambda_model():
