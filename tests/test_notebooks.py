@@ -66,3 +66,19 @@ def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path, 
     _assert_counts_of_test_digits(results["dense_accuracy"], results["magnitude_accuracy"], results["jackpot_accuracy"])
     assert "hamming" in printed.lower()
     assert images == 1
+
+
+def test_structured_notebook_prunes_half_the_channels_into_a_smaller_faster_plain_model(tmp_path, monkeypatch):
+    printed, results, images = _execute("structured", tmp_path, monkeypatch)
+    # Global scope removes the fewest channels that reach the ratio: within one channel of it.
+    assert 0 <= results["removed_channels"] - 0.5 * results["prunable_channels"] < 1
+    dense_parameters, pruned_parameters = results["parameters"]
+    dense_flops, pruned_flops = results["flops"]
+    assert pruned_parameters < dense_parameters / 2 and pruned_flops < dense_flops / 2
+    assert results["same_layer_types"] is True
+    assert results["litert_max_abs_diff"] < 1e-4
+    _assert_counts_of_test_digits(results["dense_accuracy"], results["before_finetuning_accuracy"],
+                                  results["pruned_accuracy"], results["scratch_accuracy"])
+    assert "Ref. params" in printed and "prunable" in printed
+    assert (tmp_path / "pruned.tflite").stat().st_size < (tmp_path / "dense.tflite").stat().st_size
+    assert images == 1
