@@ -3,6 +3,7 @@
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
+from tfsparse.methods.polarization import polarize
 from tfsparse.methods.structured import prune_channels
 
-__all__ = ["freezenet", "lottery_jackpot", "prune_channels", "prune_low_magnitude", "reinitialize", "snip"]
+__all__ = ["freezenet", "lottery_jackpot", "polarize", "prune_channels", "prune_low_magnitude", "reinitialize", "snip"]
