@@ -18,7 +18,7 @@ from tfsparse.walk import check_unwrapped
 
 def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.2, freeze=0.6,
              polarization_weight=30.0, sparsity_weight=600.0, consensus_weight=1.0, t=0.5, initial_logit=1.0,
-             logit_scale=10.0, add_loss=True):
+             logit_scale=30.0, add_loss=True):
     """Returns a copy of `model` whose channels pass through trainable binary gates.
 
     Every layer that reads the channels of a prunable `ChannelGroup` (see
