@@ -5,7 +5,7 @@ import importlib
 import os
 
 # Each job lives in tfsparse/jobs/<name>.py.
-JOBS = ("demo", "freezenet", "jackpot")
+JOBS = ("demo", "freezenet", "jackpot", "polarize")
 
 
 def run(argv=None):

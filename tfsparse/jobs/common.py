@@ -8,9 +8,13 @@ import keras
 
 from tfsparse import data, models
 
-MODELS = {"lenet_300_100": models.lenet_300_100, "lenet5_caffe": models.lenet5_caffe}
+MODELS = {
+    "lenet_300_100": models.lenet_300_100,
+    "lenet5_caffe": models.lenet5_caffe,
+    "resnet20": models.resnet20,
+}
 # Smallest image side each model accepts; smaller images are resized up.
-MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16}
+MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16, "resnet20": 1}
 
 
 def positive_int(text):

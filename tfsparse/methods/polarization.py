@@ -90,7 +90,8 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
     if not isinstance(logit_scale, (int, float)) or isinstance(logit_scale, bool) or logit_scale <= 0:
         raise ValueError(f"Argument `logit_scale` must be a number > 0, received: {logit_scale!r}.")
     if not isinstance(initial_logit, (int, float)) or isinstance(initial_logit, bool) or initial_logit <= 0:
-        raise ValueError(f"Argument `initial_logit` must be a number > 0 (gates start open), received: {initial_logit!r}.")
+        raise ValueError(
+            f"Argument `initial_logit` must be a number > 0 (gates start open), received: {initial_logit!r}.")
     graph = ChannelGraph(model)
     grouped = [(group, roots) for group, roots in graph.grouped if group.prunable]
     if not grouped:
