@@ -30,8 +30,8 @@ SHAPE = (32, 32, 3)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--width", type=float, default=0.5)
     args = parser.parse_args()
     x = np.random.rand(args.steps * BATCH, *SHAPE).astype("float32")

@@ -55,7 +55,10 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
             regularizer's weights and `t` (see `Polarization`).
         initial_logit: the gates' initial logit (all gates start open).
         logit_scale: factor between the stored gate variable and the
-            logits: the gates' learning rate is this many times the model's.
+            logits: it sets how fast the gates decide. Measured on digits
+            (8 epochs): 30 suits Adam at 1e-3 to 3e-3; 10 suits SGD with
+            momentum at 0.1 (the `tfsparse.finetune` recipe). Too slow a
+            rate leaves gates unpolarized when they are fixed.
         add_loss: whether the gates add the regularizer to the model's
             losses; with False, add its gradient in a custom loop with
             `tfsparse.optimizers.polarization_gradients`.
