@@ -64,11 +64,14 @@ class GateMonitor(keras.callbacks.Callback):
 
     Example:
 
-    >>> gated = tfsparse.polarize(model, sparsity=0.5, steps=8)
-    >>> gated.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> history = gated.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[GateMonitor()])
-    >>> sorted(key for key in history.history if key.startswith("gates_"))
-    ['gates_consensus', 'gates_open', 'gates_polarized']
+    Use it as `gated.fit(data, epochs=..., callbacks=[GateMonitor(log_dir)])`;
+    at the end of each epoch, `fit` calls:
+
+    >>> monitor, logs = GateMonitor(), {"loss": 2.3}
+    >>> monitor.set_model(tfsparse.polarize(model, sparsity=0.5, steps=8))
+    >>> monitor.on_epoch_end(0, logs)
+    >>> sorted(logs)
+    ['gates_consensus', 'gates_open', 'gates_polarized', 'loss']
     """
 
     def __init__(self, log_dir=None):

@@ -74,9 +74,8 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
 
     Example:
 
-    >>> gated = tfsparse.polarize(model, sparsity=0.5, steps=8, warmup=0.0, ramp=0.0, freeze=0.5)
-    >>> gated.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> _ = gated.fit(x, y, batch_size=64, epochs=2, verbose=0)  # 8 steps: gates fixed at step 4
+    >>> gated = tfsparse.polarize(model, sparsity=0.5, steps=2, warmup=0.0, ramp=0.0, freeze=0.5)
+    >>> _ = gated(x[:64], training=True)  # a training call (a fit step): step 1, the gates are fixed
     >>> small = tfsparse.strip(gated)
     >>> small.get_layer("conv1").filters + small.get_layer("conv2").filters  # 24 of 48 channels left
     24
