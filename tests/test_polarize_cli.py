@@ -14,7 +14,7 @@ from tfsparse import cli
 
 @pytest.mark.slow
 def test_cli_job_trains_strips_and_saves_a_narrower_model(tmp_path, capsys):
-    result = cli.run(["polarize", "--model", "lenet5_caffe", "--epochs", "2", "--sparsity", "0.5", "--no-dense",
+    result = cli.run(["polarize", "--model", "lenet5_caffe", "--epochs", "1", "--sparsity", "0.5", "--no-dense",
                       "--out", str(tmp_path)])
     gated, stripped = result["rows"]
     assert abs(result["removed"] - 0.5) <= 0.02

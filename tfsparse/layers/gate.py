@@ -275,9 +275,8 @@ class Gated(ParametrizedWrapper):
 
     def call(self, inputs, training=None, **kwargs):
         self.update_state(training)
-        leader = self.leader()
         if self.dynamic and training:
-            inputs = inputs * keras.ops.cast(self._dynamic_gates(leader, inputs), inputs.dtype)
+            inputs = inputs * keras.ops.cast(self._dynamic_gates(self.leader(), inputs), inputs.dtype)
         outputs = super().call(inputs, training=training, **kwargs)
         if self.is_leader and self.add_regularizer_loss:
             self.add_loss(self.regularizer(self.logits(), self.step))
