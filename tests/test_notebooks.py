@@ -82,3 +82,15 @@ def test_structured_notebook_prunes_half_the_channels_into_a_smaller_faster_plai
     assert "Ref. params" in printed and "prunable" in printed
     assert (tmp_path / "pruned.tflite").stat().st_size < (tmp_path / "dense.tflite").stat().st_size
     assert images == 1
+
+
+def test_polarization_notebook_closes_the_requested_channels_in_one_pass(tmp_path, monkeypatch):
+    printed, results, images = _execute("polarization", tmp_path, monkeypatch)
+    assert abs(results["removed"] - results["sparsity"]) <= 0.02
+    assert results["stripped_accuracy"] == results["gated_accuracy"]
+    assert results["max_difference"] <= 1e-5 and results["same_layer_types"] is True
+    assert results["parameters"][1] < results["parameters"][0] and results["flops"][1] < results["flops"][0]
+    assert 0.0 <= results["polarized"] <= 1.0
+    _assert_counts_of_test_digits(results["gated_accuracy"])
+    assert "gates_open" in printed
+    assert images == 1
