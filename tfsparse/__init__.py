@@ -1,7 +1,7 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
-from tfsparse.methods import freezenet, lottery_jackpot, prune_channels, prune_low_magnitude, snip
+from tfsparse.methods import csgd, csgd_prune, freezenet, lottery_jackpot, prune_channels, prune_low_magnitude, snip
 from tfsparse.model_summary import summary
 from tfsparse.registry import register_layer
 from tfsparse.surgery import strip
@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "callbacks",
+    "csgd",
+    "csgd_prune",
     "data",
     "export",
     "freezenet",

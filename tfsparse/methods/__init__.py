@@ -1,8 +1,11 @@
 """One recipe per method: the user-facing verbs."""
 
+from tfsparse.methods import csgd
+from tfsparse.methods.csgd import csgd_prune
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
 from tfsparse.methods.structured import prune_channels
 
-__all__ = ["freezenet", "lottery_jackpot", "prune_channels", "prune_low_magnitude", "reinitialize", "snip"]
+__all__ = ["csgd", "csgd_prune", "freezenet", "lottery_jackpot", "prune_channels", "prune_low_magnitude",
+           "reinitialize", "snip"]
