@@ -30,9 +30,9 @@ class ClusterMonitor(keras.callbacks.Callback):
 
     >>> plan = tfsparse.csgd.clusters(model, 0.5, method="even")
     >>> model.compile(tfsparse.optimizers.CentripetalSGD(plan, 0.05, centripetal_strength=1.0),
-    ...               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ...               keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
     >>> monitor = tfsparse.callbacks.ClusterMonitor(plan, print_fn=None)
-    >>> history = model.fit(train_ds, epochs=2, verbose=0, callbacks=[monitor])
+    >>> history = model.fit(x[:64], y[:64], batch_size=64, epochs=2, verbose=0, callbacks=[monitor])
     >>> sorted(monitor.history[-1]), history.history["cluster_distance"][1] < history.history["cluster_distance"][0]
     (['conv1', 'conv2', 'conv3'], True)
     """

@@ -408,9 +408,13 @@ def widen(build, width, target_width, method="kmeans", seed=None, **kwargs):
 
     Example:
 
-    >>> wide, plan = tfsparse.csgd.widen(tfsparse.models.resnet20, 0.5, 0.25, method="even", input_shape=(8, 8, 1))
-    >>> wide.get_layer("stem_conv").filters, len(plan["clusters"]["stem_conv"])
-    (8, 4)
+    >>> def mlp(width):
+    ...     inputs = keras.Input((64,))
+    ...     hidden = keras.layers.Dense(round(128 * width), activation="relu", name="fc")(inputs)
+    ...     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(hidden))
+    >>> wide, plan = tfsparse.csgd.widen(mlp, 1.0, 0.25, method="even")  # e.g. tfsparse.models.resnet20
+    >>> wide.get_layer("fc").units, len(plan["clusters"]["fc"])
+    (128, 32)
     """
     model = build(width=width, **kwargs)
     narrow = build(width=target_width, **kwargs)
@@ -456,10 +460,13 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
 
     Example:
 
+    >>> inputs = keras.Input((64,))
+    >>> mlp = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Dense(32, name="fc")(inputs)))
+    >>> data = tf.data.Dataset.from_tensor_slices((x.reshape(-1, 64), y)).batch(128)
     >>> import warnings
-    >>> warnings.simplefilter("ignore")  # 4 steps are too few to make the clusters identical: it warns
-    >>> small, plan = tfsparse.csgd_prune(model, 0.5, train_ds, epochs=1)
-    >>> small.get_layer("conv2").filters
+    >>> warnings.simplefilter("ignore")  # 2 steps are too few to make the clusters identical: it warns
+    >>> small, plan = tfsparse.csgd_prune(mlp, 0.5, data, epochs=1)
+    >>> small.get_layer("fc").units
     16
     """
     epochs = checks.check_positive_int(epochs, "epochs")

@@ -66,7 +66,10 @@ class CentripetalSGD(keras.optimizers.SGD):
     >>> clusters = tfsparse.csgd.clusters(model, 0.5, method="even")
     >>> optimizer = tfsparse.optimizers.CentripetalSGD(clusters, 0.05, centripetal_strength=1.0)
     >>> model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> history = model.fit(train_ds, epochs=1, verbose=0)
+    >>> # then model.fit(...); here one step by hand:
+    >>> with tf.GradientTape() as tape:
+    ...     loss = model.loss(y[:64], model(x[:64], training=True))
+    >>> optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
     >>> sorted(optimizer.pulled)
     ['conv1/bias', 'conv1/kernel', 'conv2/bias', 'conv2/kernel', 'conv3/bias', 'conv3/kernel']
     """
