@@ -66,3 +66,15 @@ def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path, 
     _assert_counts_of_test_digits(results["dense_accuracy"], results["magnitude_accuracy"], results["jackpot_accuracy"])
     assert "hamming" in printed.lower()
     assert images == 1
+
+
+def test_csgd_notebook_trims_exactly_after_centripetal_training(tmp_path, monkeypatch):
+    printed, results, images = _execute("csgd", tmp_path, monkeypatch)
+    assert results["widths"] == [150, 50]
+    assert results["max_logit_difference"] < 1e-4
+    assert results["trimmed_accuracy"] == results["trained_accuracy"]
+    assert results["distances"][-1] < 1e-5 < results["start_distance"]
+    assert results["trimmed_parameters"] < results["dense_parameters"] / 2
+    _assert_counts_of_test_digits(results["dense_accuracy"], results["l1_accuracy"], results["trimmed_accuracy"])
+    assert "largest distance to the kept channel" in printed
+    assert images == 1

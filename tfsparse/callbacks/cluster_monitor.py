@@ -7,12 +7,12 @@ from tfsparse.methods.csgd import distances
 
 @keras.saving.register_keras_serializable(package="tfsparse")
 class ClusterMonitor(keras.callbacks.Callback):
-    """Reports the largest within-cluster distance per layer at the end of each epoch.
+    """Reports, per layer, how far clustered channels still are from their kept channel, after each epoch.
 
     The figures are those of `tfsparse.csgd.distances`: for every layer that
     holds clustered channels (kernels, biases, BatchNorm parameters and
-    moving statistics), the largest Euclidean distance of a channel to its
-    cluster mean. The trim is exact once they are all ~0; the BatchNorm
+    moving statistics), the largest Euclidean distance of a channel to the
+    channel of its cluster that the trim keeps. The trim is exact once they are all ~0; the BatchNorm
     moving statistics are the last to agree (momentum 0.99: some hundred
     steps after the filters). The overall largest goes into the epoch's
     logs as `cluster_distance` (so `History` records it), the per-layer
@@ -52,7 +52,7 @@ class ClusterMonitor(keras.callbacks.Callback):
         if logs is not None:
             logs["cluster_distance"] = found[worst]
         if self.print_fn is not None:
-            self.print_fn(f"Epoch {epoch + 1}: largest within-cluster distance {found[worst]:.3g} (layer {worst!r}).")
+            self.print_fn(f"Epoch {epoch + 1}: largest distance to the kept channel {found[worst]:.3g} (layer {worst!r}).")
 
     def get_config(self):
         return {"clusters": self.clusters}
