@@ -330,14 +330,15 @@ def strength(steps, learning_rate, momentum=0.9, shrink=1e-6):
     whatever the loss: SGD with (Nesterov, Keras') momentum on `h * d^2 / 2`,
     `h` the strength (0.1x for biases and BatchNorm parameters, which are
     therefore the slowest). It shrinks by about `learning_rate * h / (1 -
-    momentum)` of itself per step while that is small, and by a factor of at
-    most about `sqrt(momentum)` per step however strong the pull. This
-    returns the smallest strength whose slowest cluster distances shrink by
-    `shrink` within `steps` steps (computed from the recurrence's spectral
-    radius; weight decay, which helps, is left out). A warning says when the
-    budget cannot reach `shrink` (the strength is then capped where the
-    kernels would overshoot). Leave some hundred further steps for the
-    BatchNorm moving statistics (momentum 0.99) to agree.
+    momentum)` of itself per step while that is small; stronger pulls
+    oscillate through the momentum. This returns the smallest strength whose
+    slowest cluster distances shrink by about `shrink` (within a small
+    factor) in `steps` steps, from the recurrence's spectral radius (weight
+    decay, which helps, is left out). A warning says when the budget cannot
+    reach `shrink`: the strength is then capped where the kernels' pull
+    would overshoot in one step. The BatchNorm moving statistics (momentum
+    0.99) agree only some hundred steps after the filters: leave them steps,
+    or re-estimate them.
 
     Args:
         steps: the number of steps the pull has, > 0.

@@ -31,9 +31,9 @@ class CentripetalSGD(keras.optimizers.SGD):
     follows the same linear recurrence whatever the loss (the cluster-mean
     gradient cancels out of it), and shrinks by about
     `learning_rate * strength / (1 - momentum)` of itself per step while that
-    figure is small, never faster than about `sqrt(momentum)` per step. The
-    paper's 3e-3 at learning rate 0.03 is a factor of about 1e-3 per step:
-    hundreds of epochs. Short runs need a stronger pull: pick it from the
+    figure is small (beyond, the momentum makes it oscillate). The paper's
+    3e-3 at learning rate 0.03 is about 1e-3 of itself per step: hundreds of
+    epochs. Short runs need a stronger pull: pick it from the
     step budget with `tfsparse.csgd.strength(steps, learning_rate)`, and mind
     that vectors move 10x slower, and that BatchNorm moving statistics of a
     cluster agree only some hundred steps after their filters do (momentum
