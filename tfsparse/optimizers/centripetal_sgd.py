@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import keras
 from keras import ops
 
-from tfsparse.optimizers.centripetal import centripetal_gradient, segment_ids
+from tfsparse.optimizers.centripetal import centripetal_gradient
 
 # Biases, BatchNorm gamma and beta (vectors) are pulled at this fraction of the strength, as in the official code.
 VECTOR_STRENGTH = 0.1
@@ -112,7 +112,7 @@ class CentripetalSGD(keras.optimizers.SGD):
         self.pulled = {v.path: p for v, p in zip(variables, self._pulls) if p is not None}
 
     def _pull(self, variable, entry):
-        """`(ids, num_segments, axis, strength)` of one clustered variable, `None` if no cluster has 2 channels."""
+        """`(labels, axis, strength)` of one clustered variable, `None` if no cluster has 2 channels."""
         axis, labels = entry["axis"], entry["labels"]
         if variable.shape[axis] != len(labels):
             raise ValueError(
@@ -121,9 +121,8 @@ class CentripetalSGD(keras.optimizers.SGD):
             )
         if max(labels, default=-1) < 0:
             return None
-        ids, num_segments = segment_ids(labels)
         factor = VECTOR_STRENGTH if len(variable.shape) == 1 else 1.0
-        return ids, num_segments, axis, self.centripetal_strength * factor
+        return labels, axis, self.centripetal_strength * factor
 
     def update_step(self, gradient, variable, learning_rate):
         """Transforms the gradient (centripetal or L2), then takes an SGD step."""
@@ -131,8 +130,8 @@ class CentripetalSGD(keras.optimizers.SGD):
         # `_get_variable_index` is how Keras' own optimizers find a variable's slots, replicas included.
         pull = self._pulls[self._get_variable_index(variable)]
         if pull is not None:
-            ids, num_segments, axis, strength = pull
-            gradient = centripetal_gradient(gradient, variable, ids, num_segments, strength, self.l2, axis)
+            labels, axis, strength = pull
+            gradient = centripetal_gradient(gradient, variable, labels, strength, self.l2, axis)
         elif self.l2:
             gradient = gradient + self.l2 * variable
         super().update_step(gradient, variable, learning_rate)
