@@ -1,7 +1,18 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
-from tfsparse.methods import csgd, csgd_prune, freezenet, lottery_jackpot, prune_channels, prune_low_magnitude, snip
+from tfsparse.methods import (
+    csgd,
+    csgd_prune,
+    finetune,
+    freezenet,
+    lottery_jackpot,
+    prune_channels,
+    prune_low_magnitude,
+    recalibrate_batch_norm,
+    reinitialize,
+    snip,
+)
 from tfsparse.model_summary import summary
 from tfsparse.registry import register_layer
 from tfsparse.surgery import strip
@@ -16,6 +27,7 @@ __all__ = [
     "csgd_prune",
     "data",
     "export",
+    "finetune",
     "freezenet",
     "layers",
     "lottery_jackpot",
@@ -23,8 +35,10 @@ __all__ = [
     "optimizers",
     "prune_channels",
     "prune_low_magnitude",
+    "recalibrate_batch_norm",
     "register_layer",
     "registry",
+    "reinitialize",
     "schedules",
     "scoring",
     "snip",

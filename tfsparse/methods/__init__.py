@@ -2,10 +2,11 @@
 
 from tfsparse.methods import csgd
 from tfsparse.methods.csgd import csgd_prune
+from tfsparse.methods.finetune import finetune, recalibrate_batch_norm
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
 from tfsparse.methods.structured import prune_channels
 
-__all__ = ["csgd", "csgd_prune", "freezenet", "lottery_jackpot", "prune_channels", "prune_low_magnitude",
-           "reinitialize", "snip"]
+__all__ = ["csgd", "csgd_prune", "finetune", "freezenet", "lottery_jackpot", "prune_channels", "prune_low_magnitude",
+           "recalibrate_batch_norm", "reinitialize", "snip"]
