@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from tfsparse import checks
+from tfsparse.methods.finetune import CALIBRATION_BATCHES, recalibrate_batch_norm
 from tfsparse.methods.structured import layer_scope_counts
 from tfsparse.optimizers import CentripetalSGD
 from tfsparse.optimizers.centripetal_sgd import VECTOR_STRENGTH
@@ -424,15 +425,18 @@ def widen(build, width, target_width, method="kmeans", seed=None, **kwargs):
 
 
 def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_strength=None, method="kmeans",
-               seed=None, loss=None, callbacks=None, verbose=0):
+               seed=None, loss=None, calibration_batches=CALIBRATION_BATCHES, callbacks=None, verbose=0):
     """The C-SGD recipe: cluster, train the clusters into identical channels, trim exactly.
 
     `model` is trained in place with `CentripetalSGD` (Nesterov momentum
     0.9, weight decay 1e-4, the learning rate on a cosine to 0 over
-    `epochs`), then trimmed with `trim`, without fine-tuning. By default the
-    strength is chosen with `strength` so that the clusters are identical
-    after half the steps, leaving the rest to train the collapsed network
-    and to settle the BatchNorm moving statistics.
+    `epochs`); its BatchNormalization statistics are then recomputed from
+    the final weights (`recalibrate_batch_norm`: the moving averages of a
+    cluster's channels agree only some hundred steps after their filters,
+    the recomputed ones exactly), and it is trimmed with `trim`, without
+    fine-tuning. By default the strength is chosen with `strength` so that
+    the clusters are identical after half the steps, leaving the rest to
+    train the collapsed network.
 
     Args:
         model: a built functional or Sequential `keras.Model` (usually
@@ -447,6 +451,8 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
         seed: the clustering seed.
         loss: the training loss; defaults to sparse categorical
             cross-entropy on logits.
+        calibration_batches: batches of `data` for the BatchNorm statistics
+            after training; 0 keeps the moving averages.
         callbacks: more Keras callbacks for `fit` (e.g.
             `tfsparse.callbacks.ClusterMonitor(clusters)`).
         verbose: `fit` verbosity.
@@ -486,5 +492,7 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
         centripetal_strength = strength(half, mean_rate)
     model.compile(CentripetalSGD(plan, schedule, centripetal_strength=centripetal_strength),
                   loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    if calibration_batches:
+        recalibrate_batch_norm(model, data, calibration_batches)
     return trim(model, plan), plan
