@@ -28,7 +28,8 @@ def _collapse(model, plan, rng):
     """Gives every clustered weight random values, identical within each cluster (BN statistics included)."""
     for entry in plan["weights"].values():
         variable = next(w for w in model.get_layer(entry["layer"]).weights if w.name == entry["weight"])
-        array = rng.uniform(0.5, 1.5, variable.shape) if "variance" in entry["weight"] else rng.normal(size=variable.shape)
+        positive = "variance" in entry["weight"]
+        array = rng.uniform(0.5, 1.5, variable.shape) if positive else rng.normal(size=variable.shape)
         moved = np.moveaxis(array, entry["axis"], 0)
         labels = np.asarray(entry["labels"])
         for label in set(labels[labels >= 0].tolist()):
@@ -282,8 +283,8 @@ def test_strength_shrinks_the_vectors_distance_as_planned():
     rate, steps, shrink = 0.05, 300, 1e-3
     vector = keras.Variable(np.array([1.0, -1.0], dtype="float32"))
     plan = {"clusters": {}, "weights": {vector.path: {"layer": "", "weight": "", "axis": 0, "labels": [0, 0]}}}
-    optimizer = ts.optimizers.CentripetalSGD(plan, rate, centripetal_strength=ts.csgd.strength(steps, rate, shrink=shrink),
-                                             weight_decay=0)
+    strength = ts.csgd.strength(steps, rate, shrink=shrink)
+    optimizer = ts.optimizers.CentripetalSGD(plan, rate, centripetal_strength=strength, weight_decay=0)
     step = tf.function(lambda: optimizer.apply([tf.zeros(2)], [vector]))
     halfway = None
     for t in range(1, steps + 1):

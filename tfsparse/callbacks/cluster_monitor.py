@@ -52,7 +52,8 @@ class ClusterMonitor(keras.callbacks.Callback):
         if logs is not None:
             logs["cluster_distance"] = found[worst]
         if self.print_fn is not None:
-            self.print_fn(f"Epoch {epoch + 1}: largest distance to the kept channel {found[worst]:.3g} (layer {worst!r}).")
+            self.print_fn(
+                f"Epoch {epoch + 1}: largest distance to the kept channel {found[worst]:.3g} (layer {worst!r}).")
 
     def get_config(self):
         return {"clusters": self.clusters}

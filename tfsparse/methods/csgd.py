@@ -317,7 +317,8 @@ def trim(model, clusters, tolerance=1e-5):
 
 
 def _check_clusters(clusters):
-    if not isinstance(clusters, Mapping) or not all(isinstance(clusters.get(k), Mapping) for k in ("clusters", "weights")):
+    if not (isinstance(clusters, Mapping) and isinstance(clusters.get("clusters"), Mapping)
+            and isinstance(clusters.get("weights"), Mapping)):
         raise TypeError(
             f"Argument `clusters` must be the mapping returned by `tfsparse.csgd.clusters(model, ...)`, "
             f"received: {clusters!r:.200} (of type {type(clusters).__name__})."
