@@ -57,7 +57,7 @@ def run(args):
     trimmed, _ = csgd.csgd_prune(model, clusters["clusters"], train, args.csgd_epochs, learning_rate=args.csgd_lr,
                                  centripetal_strength=args.strength, callbacks=[monitor], verbose=verbose)
     (out / "clusters.json").write_text(json.dumps(clusters))
-    common.compile_model(trimmed).save(out / "csgd.keras")
+    trimmed.save(out / "csgd.keras")
     rows.append(_row(f"C-SGD, untrimmed ({total} epochs)", model, test, total))
     rows.append(_row(f"C-SGD, trimmed ({total} epochs)", trimmed, test, total))
     rows[-1]["max |logit diff|"] = _max_difference(model, trimmed, test)
