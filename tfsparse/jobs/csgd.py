@@ -24,8 +24,9 @@ def add_arguments(parser):
     common.add_common_arguments(parser, epochs=4, model="resnet20")
     parser.add_argument("--width", type=float, default=0.625,
                         help="fraction of each layer's channels to keep, in (0, 1] (0.625: ResNet-20 at 5/8 width)")
-    parser.add_argument("--csgd-epochs", type=common.positive_int, default=4,
-                        help="C-SGD epochs (the fine-tuning epochs of L1 pruning, and added to from-scratch training)")
+    parser.add_argument("--csgd-epochs", type=common.positive_int, default=8,
+                        help="C-SGD epochs, also L1's fine-tuning epochs and added to from-scratch training "
+                             "(a trained model's biases and BatchNorm parameters need some hundred steps to agree)")
     parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of dense training")
     parser.add_argument("--csgd-lr", type=float, default=0.05, help="initial learning rate of C-SGD")
     parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of L1 fine-tuning")
