@@ -94,3 +94,15 @@ def test_polarization_notebook_closes_the_requested_channels_in_one_pass(tmp_pat
     _assert_counts_of_test_digits(results["gated_accuracy"])
     assert "gates_open" in printed
     assert images == 1
+
+
+def test_csgd_notebook_trims_exactly_after_centripetal_training(tmp_path, monkeypatch):
+    printed, results, images = _execute("csgd", tmp_path, monkeypatch)
+    assert results["widths"] == [150, 50]
+    assert results["max_logit_difference"] < 1e-4
+    assert results["trimmed_accuracy"] == results["trained_accuracy"]
+    assert results["distances"][-1] < 1e-5 < results["start_distance"]
+    assert results["trimmed_parameters"] < results["dense_parameters"] / 2
+    _assert_counts_of_test_digits(results["dense_accuracy"], results["l1_accuracy"], results["trimmed_accuracy"])
+    assert "largest distance to the kept channel" in printed
+    assert images == 1

@@ -2,6 +2,8 @@
 
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
 from tfsparse.methods import (
+    csgd,
+    csgd_prune,
     finetune,
     freezenet,
     lottery_jackpot,
@@ -22,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "callbacks",
+    "csgd",
+    "csgd_prune",
     "data",
     "export",
     "finetune",

@@ -103,6 +103,27 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
     return remove_channels(model, {groups[i]: channels for i, channels in removed.items()})
 
 
+def layer_scope_counts(groups, ratio, max_layer_ratio=0.9, round_to=1):
+    """How many channels `prune_channels(ratio, scope="layer")` removes from each group.
+
+    Args:
+        groups: prunable `ChannelGroup`s.
+        ratio: the fraction in [0, 1) of all their channels to remove.
+        max_layer_ratio: the largest fraction of a group that may go.
+        round_to: every group keeps all its channels or a multiple of it.
+
+    Returns:
+        A list of counts, one per group (pinned channels never count).
+
+    Raises:
+        ValueError: if `ratio` cannot be reached under `max_layer_ratio`.
+    """
+    units = sorted(u for i, group in enumerate(groups)
+                   for u in _units(i, group, np.zeros(group.size), "layer", max_layer_ratio, round_to))
+    removed = _removed(units[:_shortest_prefix(units, _channel_share(groups), ratio, "channels", max_layer_ratio)])
+    return [len(removed.get(i, ())) for i in range(len(groups))]
+
+
 def _excluded(model, exclude):
     """`exclude` as a set of layer names of `model`."""
     if isinstance(exclude, str) or not all(isinstance(name, str) for name in exclude):
@@ -146,17 +167,22 @@ def _removed(units):
 
 def _measures(model, groups):
     """`{target: fraction of it removed by {group index: channels}}` for every target."""
-    total = sum(group.size for group in groups)
     cost = RemovalCost(model, groups)
 
     def share(position, whole):
         return lambda removed: cost.saved(removed)[position] / whole if whole else 0.0
 
     return {
-        "channels": lambda removed: sum(map(len, removed.values())) / total if total else 0.0,
+        "channels": _channel_share(groups),
         "params": share(0, cost.parameters),
         "flops": share(1, cost.flops),
     }
+
+
+def _channel_share(groups):
+    """The fraction of the groups' channels that `{group index: channels}` removes."""
+    total = sum(group.size for group in groups)
+    return lambda removed: sum(map(len, removed.values())) / total if total else 0.0
 
 
 def _shortest_prefix(units, measure, ratio, target, max_layer_ratio):
