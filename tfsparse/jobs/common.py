@@ -6,7 +6,8 @@ import sys
 
 import keras
 
-from tfsparse import data, models
+from tfsparse import data, export, models
+from tfsparse.model_summary import summary
 
 MODELS = {
     "lenet_300_100": models.lenet_300_100,
@@ -88,6 +89,32 @@ def fit_verbosity():
 def accuracy(model, dataset):
     """Test accuracy of a compiled model, as a fraction."""
     return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+
+
+def model_row(name, model, test, tflite_path=None, samples=None, **extra):
+    """One row of a job's table: test accuracy, parameters and FLOPs of `model`, and `extra` fields.
+
+    With `tflite_path`, the model is also exported there and checked with
+    LiteRT on `samples`; the row then holds its batch-1 latency.
+    """
+    if not model.compiled:
+        compile_model(model)
+    total = summary(model, print_fn=None).total
+    row = {"model": name, "test accuracy": accuracy(model, test), "parameters": total["parameters"],
+           "FLOPs": total["flops"], **extra}
+    if tflite_path is not None:
+        row["LiteRT ms"] = export.tflite(model, tflite_path, sample_inputs=samples).litert_latency_ms
+    return row
+
+
+def plot_accuracy_against_cost(ax, rows):
+    """Draws each row's test accuracy against its MFLOPs on the matplotlib axes `ax`."""
+    for row in rows:
+        ax.plot(row["FLOPs"] / 1e6, row["test accuracy"], "o", label=row["model"])
+    ax.set_xlabel("MFLOPs per example")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy against cost")
 
 
 def print_table(rows, columns, percent=()):

@@ -14,7 +14,6 @@ from tfsparse.methods import csgd  # noqa: E402
 from tfsparse.methods.finetune import finetune, recalibrate_batch_norm  # noqa: E402
 from tfsparse.methods.freezenet import reinitialize  # noqa: E402
 from tfsparse.methods.structured import prune_channels  # noqa: E402
-from tfsparse.model_summary import summary  # noqa: E402
 
 HELP = ("Centripetal SGD: cluster each layer's channels, train the clusters identical, trim exactly; compare with "
         "L1 pruning + fine-tuning and the same widths from scratch at equal total epochs")
@@ -47,7 +46,7 @@ def run(args):
     print(f"\n1/4 Training {args.model} on {args.data} for {args.epochs} epochs")
     dense = common.build_model(args, shape, classes)
     finetune(dense, train, args.epochs, learning_rate=args.lr, verbose=verbose)
-    rows = [_row(f"dense ({args.epochs} epochs)", dense, test, args.epochs)]
+    rows = [common.model_row(f"dense ({args.epochs} epochs)", dense, test, epochs=args.epochs)]
     dense.save_weights(out / "dense.weights.h5")
 
     print(f"\n2/4 C-SGD for {args.csgd_epochs} epochs, clusters keeping {args.width:.3g} of each layer's channels")
@@ -59,20 +58,20 @@ def run(args):
                                  centripetal_strength=args.strength, callbacks=[monitor], verbose=verbose)
     (out / "clusters.json").write_text(json.dumps(clusters))
     trimmed.save(out / "csgd.keras")
-    rows.append(_row(f"C-SGD, untrimmed ({total} epochs)", model, test, total))
-    rows.append(_row(f"C-SGD, trimmed ({total} epochs)", trimmed, test, total))
+    rows.append(common.model_row(f"C-SGD, untrimmed ({total} epochs)", model, test, epochs=total))
+    rows.append(common.model_row(f"C-SGD, trimmed ({total} epochs)", trimmed, test, epochs=total))
     rows[-1]["max |logit diff|"] = _max_difference(model, trimmed, test)
 
     print(f"\n3/4 L1 pruning to the same widths, fine-tuned for {args.csgd_epochs} epochs")
     pruned = prune_channels(dense, ratio, importance="l1", scope="layer")
     recalibrate_batch_norm(pruned, train)
     finetune(pruned, train, args.csgd_epochs, learning_rate=args.finetune_lr, verbose=verbose)
-    rows.append(_row(f"L1 + fine-tuning ({total} epochs)", pruned, test, total))
+    rows.append(common.model_row(f"L1 + fine-tuning ({total} epochs)", pruned, test, epochs=total))
 
     print(f"\n4/4 The trimmed widths trained from scratch for {total} epochs")
     scratch = reinitialize(trimmed, args.seed)
     finetune(scratch, train, total, learning_rate=args.lr, verbose=verbose)
-    rows.append(_row(f"same widths, from scratch ({total} epochs)", scratch, test, total))
+    rows.append(common.model_row(f"same widths, from scratch ({total} epochs)", scratch, test, epochs=total))
 
     print()
     common.print_table(rows, ["model", "test accuracy", "parameters", "FLOPs", "max |logit diff|"],
@@ -80,12 +79,6 @@ def run(args):
     plot = _plot(monitor, rows, out / "csgd.png")
     print(f"\nWrote {plot}, {out / 'csgd.keras'} (trimmed) and {out / 'clusters.json'} in {out}")
     return rows
-
-
-def _row(name, model, test, epochs):
-    total = summary(model, print_fn=None).total
-    return {"model": name, "test accuracy": common.accuracy(common.compile_model(model), test),
-            "parameters": total["parameters"], "FLOPs": total["flops"], "epochs": epochs}
 
 
 def _max_difference(model, trimmed, test):
@@ -101,12 +94,7 @@ def _plot(monitor, rows, path):
     left.set_xlabel("C-SGD epoch")
     left.set_ylabel("largest distance to the kept channel")
     left.set_title("The clusters collapse (BatchNorm statistics included)")
-    for row in rows:
-        right.plot(row["FLOPs"] / 1e6, row["test accuracy"], "o", label=row["model"])
-    right.set_xlabel("MFLOPs per example")
-    right.set_ylabel("test accuracy")
-    right.legend(fontsize=8)
-    right.set_title("Accuracy against cost")
+    common.plot_accuracy_against_cost(right, rows)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

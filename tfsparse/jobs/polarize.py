@@ -11,7 +11,6 @@ from tfsparse.callbacks import GateMonitor  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.layers.gate import gate_sets  # noqa: E402
 from tfsparse.methods.polarization import polarize  # noqa: E402
-from tfsparse.model_summary import summary  # noqa: E402
 from tfsparse.surgery import strip  # noqa: E402
 
 HELP = "find a sub-network of the requested channel sparsity in one pass of training (polarization gates)"
@@ -39,13 +38,13 @@ def run(args):
     stripped.save(out / "polarized.keras")
     common.compile_model(stripped, args.lr)
     samples = np.asarray(next(iter(test))[0])
-    rows = [_row("gated", gated, test), _row("stripped", stripped, test)]
+    rows = [common.model_row("gated", gated, test), common.model_row("stripped", stripped, test)]
     rows[1]["max |diff|"] = float(np.max(np.abs(np.asarray(stripped(samples)) - np.asarray(gated(samples)))))
     if not args.no_dense:
         print(f"\n2/2 Training dense {args.model} for the same {args.epochs} epochs")
         dense = common.compile_model(dense, args.lr)
         dense.fit(train, epochs=args.epochs, verbose=common.fit_verbosity())
-        rows.insert(0, _row("dense", dense, test))
+        rows.insert(0, common.model_row("dense", dense, test))
     ((leader, _),) = gate_sets(gated).values()
     removed = 1.0 - float(np.mean(np.asarray(leader.open_gates())))
     print(f"\nRemoved {removed:.2%} of the prunable channels (asked: {sparsity:.2%}).")
@@ -54,12 +53,6 @@ def run(args):
     plot = _plot(np.asarray(leader.probabilities()), out / "gate_histogram.png")
     print(f"\nWrote {plot}, {out / 'polarized.keras'} and TensorBoard logs in {out / 'logs'}")
     return {"rows": rows, "removed": removed}
-
-
-def _row(name, model, test):
-    total = summary(model, print_fn=None).total
-    return {"model": name, "test accuracy": common.accuracy(model, test), "parameters": total["parameters"],
-            "FLOPs": total["flops"]}
 
 
 def _plot(probabilities, path):

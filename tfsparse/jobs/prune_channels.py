@@ -6,12 +6,11 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import checks, export  # noqa: E402
+from tfsparse import checks  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods.finetune import finetune, recalibrate_batch_norm  # noqa: E402
 from tfsparse.methods.freezenet import reinitialize  # noqa: E402
 from tfsparse.methods.structured import SCOPES, TARGETS, prune_channels  # noqa: E402
-from tfsparse.model_summary import summary  # noqa: E402
 from tfsparse.scoring.channel_criteria import CRITERIA  # noqa: E402
 
 HELP = "remove the least important channels of a trained model, fine-tune it, compare accuracy, FLOPs and latency"
@@ -59,15 +58,15 @@ def run(args):
 
     print("\n3/3 Exporting both models to TFLite and timing them with LiteRT (batch 1)")
     samples = np.asarray(next(iter(test))[0][:8])
-    rows = [_row("dense", dense, test, samples, out / "dense.tflite"),
-            _row("pruned, fine-tuned", pruned, test, samples, out / "pruned.tflite")]
+    rows = [common.model_row("dense", dense, test, out / "dense.tflite", samples),
+            common.model_row("pruned, fine-tuned", pruned, test, out / "pruned.tflite", samples)]
     rows[1]["before fine-tuning"] = before_finetuning
     if args.scratch:
         epochs = args.epochs + args.finetune_epochs
         print(f"\nTraining the pruned widths from scratch for {epochs} epochs")
         scratch = reinitialize(pruned, args.seed)
         finetune(scratch, train, epochs, learning_rate=args.lr, verbose=common.fit_verbosity())
-        rows.append(_row("same widths, from scratch", scratch, test, samples, out / "scratch.tflite"))
+        rows.append(common.model_row("same widths, from scratch", scratch, test, out / "scratch.tflite", samples))
     for row in rows:
         row["FLOPs ratio"] = rows[0]["FLOPs"] / row["FLOPs"]
         row["speed-up"] = rows[0]["LiteRT ms"] / row["LiteRT ms"]
@@ -77,14 +76,6 @@ def run(args):
     plot = _plot(dense, pruned, rows, out / "prune_channels.png")
     print(f"\nWrote {plot}, {out / 'pruned.keras'} and the .tflite files in {out}")
     return rows
-
-
-def _row(name, model, test, samples, path):
-    """Accuracy, size, FLOPs and LiteRT batch-1 latency of one model."""
-    total = summary(model, print_fn=None).total
-    report = export.tflite(model, path, sample_inputs=samples)
-    return {"model": name, "test accuracy": common.accuracy(model, test), "parameters": total["parameters"],
-            "FLOPs": total["flops"], "LiteRT ms": report.litert_latency_ms}
 
 
 def _plot(dense, pruned, rows, path):
@@ -99,12 +90,7 @@ def _plot(dense, pruned, rows, path):
     left.set_ylabel("channels")
     left.legend()
     left.set_title("Channels kept per layer")
-    for row in rows:
-        right.plot(row["FLOPs"] / 1e6, row["test accuracy"], "o", label=row["model"])
-    right.set_xlabel("MFLOPs per example")
-    right.set_ylabel("test accuracy")
-    right.legend(fontsize=8)
-    right.set_title("Accuracy against cost")
+    common.plot_accuracy_against_cost(right, rows)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
