@@ -169,8 +169,8 @@ def test_hessian_criterion_sums_trace_times_mean_square_over_the_producers():
     model, x, y = _residual()
     (group,) = [g for g in dependency_groups(model) if g.producers == ("a", "b")]
     traces = ts.scoring.hessian_trace(model, (x, y), samples=2, seed=9, verbose=0)
-    expected = sum(traces[f"{name}/kernel"].value * np.square(model.get_layer(name).kernel.numpy()).reshape(-1, 3).mean(0)
-                   for name in ("a", "b"))
+    mean_squares = {name: np.square(model.get_layer(name).kernel.numpy()).reshape(-1, 3).mean(0) for name in "ab"}
+    expected = sum(traces[f"{name}/kernel"].value * mean_squares[name] for name in "ab")
     scores = ts.scoring.HessianTrace(samples=2, seed=9, verbose=0)(model, [group], (x, y))[0]
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
 

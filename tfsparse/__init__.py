@@ -1,7 +1,7 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
-from tfsparse.methods import freezenet, lottery_jackpot, prune_channels, prune_low_magnitude, snip
+from tfsparse.methods import freezenet, hap, lottery_jackpot, prune_channels, prune_low_magnitude, snip
 from tfsparse.model_summary import summary
 from tfsparse.registry import register_layer
 from tfsparse.surgery import strip
@@ -15,6 +15,7 @@ __all__ = [
     "data",
     "export",
     "freezenet",
+    "hap",
     "layers",
     "lottery_jackpot",
     "models",
