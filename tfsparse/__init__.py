@@ -1,7 +1,17 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
-from tfsparse.methods import freezenet, hap, lottery_jackpot, prune_channels, prune_low_magnitude, snip
+from tfsparse.methods import (
+    finetune,
+    freezenet,
+    hap,
+    lottery_jackpot,
+    prune_channels,
+    prune_low_magnitude,
+    recalibrate_batch_norm,
+    reinitialize,
+    snip,
+)
 from tfsparse.model_summary import summary
 from tfsparse.registry import register_layer
 from tfsparse.surgery import strip
@@ -14,6 +24,7 @@ __all__ = [
     "callbacks",
     "data",
     "export",
+    "finetune",
     "freezenet",
     "hap",
     "layers",
@@ -22,8 +33,10 @@ __all__ = [
     "optimizers",
     "prune_channels",
     "prune_low_magnitude",
+    "recalibrate_batch_norm",
     "register_layer",
     "registry",
+    "reinitialize",
     "schedules",
     "scoring",
     "snip",

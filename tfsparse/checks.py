@@ -68,6 +68,28 @@ def check_positive_int(value, argument):
     return int(value)
 
 
+def check_non_negative_int(value, argument):
+    """Returns `value` as an int after checking it is an integer >= 0.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"Argument `{argument}` must be an integer >= 0, received: {value!r}.")
+    return int(value)
+
+
+def check_positive_number(value, argument):
+    """Returns `value` as a float after checking it is a finite real number > 0.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise ValueError(f"Argument `{argument}` must be a positive number, received: {value!r}.")
+    return float(value)
+
+
 def check_seed(seed, argument="seed"):
     """Returns `seed` as an int after checking it is a 32-bit unsigned integer.
 

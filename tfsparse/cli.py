@@ -4,8 +4,8 @@ import argparse
 import importlib
 import os
 
-# Each job lives in tfsparse/jobs/<name>.py.
-JOBS = ("demo", "freezenet", "jackpot")
+# Each job lives in tfsparse/jobs/<name>.py, with "-" in its name spelled "_".
+JOBS = ("demo", "freezenet", "jackpot", "prune-channels")
 
 
 def run(argv=None):
@@ -16,7 +16,7 @@ def run(argv=None):
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     modules = {}
     for name in JOBS:
-        module = importlib.import_module(f"tfsparse.jobs.{name}")
+        module = importlib.import_module(f"tfsparse.jobs.{name.replace('-', '_')}")
         module.add_arguments(jobs.add_parser(name, help=module.HELP, description=module.HELP))
         modules[name] = module
     args = parser.parse_args(argv)

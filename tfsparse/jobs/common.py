@@ -8,9 +8,14 @@ import keras
 
 from tfsparse import data, models
 
-MODELS = {"lenet_300_100": models.lenet_300_100, "lenet5_caffe": models.lenet5_caffe}
+MODELS = {
+    "lenet_300_100": models.lenet_300_100,
+    "lenet5_caffe": models.lenet5_caffe,
+    "resnet20": models.resnet20,
+    "vgg_small": lambda input_shape, num_classes: models.vgg("small", input_shape, num_classes),
+}
 # Smallest image side each model accepts; smaller images are resized up.
-MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16}
+MIN_SIDE = {"lenet_300_100": 1, "lenet5_caffe": 16, "resnet20": 1, "vgg_small": 8}
 
 
 def positive_int(text):
@@ -70,6 +75,7 @@ def compile_model(model, learning_rate=1e-3):
         keras.optimizers.Adam(learning_rate),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=False,  # on CPU, XLA's compile time outweighs what it saves in a short job
     )
     return model
 
@@ -87,7 +93,7 @@ def accuracy(model, dataset):
 def print_table(rows, columns, percent=()):
     """Prints a list of dicts as an aligned table; `percent` columns as percentages."""
     cells = [[str(c) for c in columns]] + [
-        [f"{row[c]:.2%}" if c in percent else _format(row.get(c, "")) for c in columns] for row in rows
+        [f"{row[c]:.2%}" if c in percent and c in row else _format(row.get(c, "")) for c in columns] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for i, r in enumerate(cells):

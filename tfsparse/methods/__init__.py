@@ -1,9 +1,13 @@
 """One recipe per method: the user-facing verbs."""
 
+from tfsparse.methods.finetune import finetune, recalibrate_batch_norm
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.hap import hap, implant
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
 from tfsparse.methods.structured import prune_channels
 
-__all__ = ["freezenet", "hap", "implant", "lottery_jackpot", "prune_channels", "prune_low_magnitude", "reinitialize", "snip"]
+__all__ = [
+    "finetune", "freezenet", "hap", "implant", "lottery_jackpot", "prune_channels", "prune_low_magnitude",
+    "recalibrate_batch_norm", "reinitialize", "snip",
+]

@@ -21,6 +21,12 @@ def reinitialize(model, seed):
     seed derived from `(seed, layer path, weight name)`: the values do not
     depend on layer creation order or on the process, and they are the
     values `tfsparse.layers.Frozen` regenerates. Other weights are copied.
+    BatchNormalization statistics restart from their initializers too.
+
+    Applied to a pruned model, it gives the "same widths trained from
+    scratch" contrast of the structured methods (Liu et al., 2019,
+    "Rethinking the Value of Network Pruning"): the architecture the
+    pruning found, with a new random initialization.
 
     Args:
         model: a built, plain (unwrapped) Keras model.

@@ -1,0 +1,116 @@
+"""The structured pruning job: train (or load) a model, remove channels, fine-tune, compare size, speed, accuracy."""
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tfsparse import checks, export  # noqa: E402
+from tfsparse.jobs import common  # noqa: E402
+from tfsparse.methods.finetune import finetune, recalibrate_batch_norm  # noqa: E402
+from tfsparse.methods.freezenet import reinitialize  # noqa: E402
+from tfsparse.methods.structured import SCOPES, TARGETS, prune_channels  # noqa: E402
+from tfsparse.model_summary import summary  # noqa: E402
+from tfsparse.scoring.channel_criteria import CRITERIA  # noqa: E402
+
+HELP = "remove the least important channels of a trained model, fine-tune it, compare accuracy, FLOPs and latency"
+
+
+def add_arguments(parser):
+    common.add_common_arguments(parser, epochs=10, model="resnet20")
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of --target to remove, in [0, 1)")
+    parser.add_argument("--importance", default="l1", choices=sorted(CRITERIA), help="channel importance criterion")
+    parser.add_argument("--scope", default="global", choices=SCOPES,
+                        help="rank channels across all layers (global) or remove --ratio of each layer")
+    parser.add_argument("--target", default="channels", choices=TARGETS, help="what --ratio counts")
+    parser.add_argument("--finetune-epochs", type=common.positive_int, default=5, help="fine-tuning epochs after pruning")
+    parser.add_argument("--weights", default=None,
+                        help="trained weights of --model (.weights.h5); trains the dense model first when omitted")
+    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of dense training")
+    parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of fine-tuning")
+    parser.add_argument("--scratch", action="store_true",
+                        help="also train the pruned widths from scratch for --epochs + --finetune-epochs")
+
+
+def run(args):
+    checks.check_fraction(args.ratio, "ratio")
+    out = common.output_dir(args)
+    train, test, shape, classes = common.load_data(args)
+    dense = common.build_model(args, shape, classes)
+    if args.weights:
+        print(f"\n1/3 Loading trained weights of {args.model} from {args.weights}")
+        dense.load_weights(args.weights)
+        common.compile_model(dense)
+    else:
+        print(f"\n1/3 Training dense {args.model} on {args.data} for {args.epochs} epochs")
+        finetune(dense, train, args.epochs, learning_rate=args.lr, verbose=common.fit_verbosity())
+        dense.save_weights(out / "dense.weights.h5")
+
+    print(f"\n2/3 Removing {args.ratio:.0%} of the {args.target} ({args.importance}, {args.scope} scope), "
+          f"then fine-tuning for {args.finetune_epochs} epochs")
+    pruned = prune_channels(dense, args.ratio, importance=args.importance, data=train, scope=args.scope,
+                            target=args.target)
+    # Removing channels changes what later BatchNormalizations see: measure with statistics recomputed.
+    recalibrate_batch_norm(pruned, train)
+    before_finetuning = common.accuracy(common.compile_model(pruned), test)
+    finetune(pruned, train, args.finetune_epochs, learning_rate=args.finetune_lr, verbose=common.fit_verbosity())
+    pruned.save(out / "pruned.keras")
+
+    print("\n3/3 Exporting both models to TFLite and timing them with LiteRT (batch 1)")
+    samples = np.asarray(next(iter(test))[0][:8])
+    rows = [_row("dense", dense, test, samples, out / "dense.tflite"),
+            _row("pruned, fine-tuned", pruned, test, samples, out / "pruned.tflite")]
+    rows[1]["before fine-tuning"] = before_finetuning
+    if args.scratch:
+        epochs = args.epochs + args.finetune_epochs
+        print(f"\nTraining the pruned widths from scratch for {epochs} epochs")
+        scratch = reinitialize(pruned, args.seed)
+        finetune(scratch, train, epochs, learning_rate=args.lr, verbose=common.fit_verbosity())
+        rows.append(_row("same widths, from scratch", scratch, test, samples, out / "scratch.tflite"))
+    for row in rows:
+        row["FLOPs ratio"] = rows[0]["FLOPs"] / row["FLOPs"]
+        row["speed-up"] = rows[0]["LiteRT ms"] / row["LiteRT ms"]
+    print()
+    common.print_table(rows, ["model", "test accuracy", "before fine-tuning", "parameters", "FLOPs", "FLOPs ratio",
+                              "LiteRT ms", "speed-up"], percent=("test accuracy", "before fine-tuning"))
+    plot = _plot(dense, pruned, rows, out / "prune_channels.png")
+    print(f"\nWrote {plot}, {out / 'pruned.keras'} and the .tflite files in {out}")
+    return rows
+
+
+def _row(name, model, test, samples, path):
+    """Accuracy, size, FLOPs and LiteRT batch-1 latency of one model."""
+    total = summary(model, print_fn=None).total
+    report = export.tflite(model, path, sample_inputs=samples)
+    return {"model": name, "test accuracy": common.accuracy(model, test), "parameters": total["parameters"],
+            "FLOPs": total["flops"], "LiteRT ms": report.litert_latency_ms}
+
+
+def _plot(dense, pruned, rows, path):
+    """Channels kept per layer (left) and accuracy against FLOPs (right)."""
+    widths = [(layer.name, _width(layer)) for layer in dense.layers if _width(layer)]
+    kept = [_width(pruned.get_layer(name)) for name, _ in widths]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    positions = np.arange(len(widths))
+    left.bar(positions, [w for _, w in widths], color="lightgray", label="dense")
+    left.bar(positions, kept, color="tab:blue", label="kept")
+    left.set_xticks(positions, [name for name, _ in widths], rotation=90, fontsize=7)
+    left.set_ylabel("channels")
+    left.legend()
+    left.set_title("Channels kept per layer")
+    for row in rows:
+        right.plot(row["FLOPs"] / 1e6, row["test accuracy"], "o", label=row["model"])
+    right.set_xlabel("MFLOPs per example")
+    right.set_ylabel("test accuracy")
+    right.legend(fontsize=8)
+    right.set_title("Accuracy against cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _width(layer):
+    """Output channels of a convolution or Dense layer, else None."""
+    return getattr(layer, "filters", None) or getattr(layer, "units", None)
