@@ -1,4 +1,6 @@
-"""HAP: implanted convolutions, the implanted model against the plainly pruned one, the parameter target."""
+"""HAP: implants, the implanted model against the plainly pruned one, the parameter target."""
+
+import importlib
 
 import keras
 import numpy as np
@@ -16,39 +18,28 @@ layers = keras.layers
 def test_an_implant_is_a_1x1_convolution_at_the_centre_of_each_window(padding, strides, dilation, size):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, size, size, 3)).astype("float32")
-    implanted = ts.layers.ImplantedConv2D(5, 3, [1, 3], strides=strides, padding=padding, dilation_rate=dilation,
-                                          activation="tanh")
-    implanted.build(x.shape)
-    kernel, implant, bias = (rng.normal(size=w.shape).astype("float32") for w in implanted.weights)
-    for weight, value in zip(implanted.weights, (kernel, implant, bias)):
-        weight.assign(value)
+    inputs = keras.Input((size, size, 3))
+    conv = layers.Conv2D(5, 3, strides=strides, padding=padding, dilation_rate=dilation, activation="tanh", name="c")
+    model = keras.Model(inputs, conv(inputs))
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.weights])
+    implanted = ts.methods.implant(model, {"c": 2})
+    implant = rng.normal(size=(1, 1, 3, 2)).astype("float32")
+    implanted.get_layer("c_implant").kernel.assign(implant)
     # The same layer as a Conv2D: the implanted channels' 3x3 filters hold only their centre tap.
-    full = np.zeros((3, 3, 3, 5), "float32")
-    full[..., [0, 2, 4]] = kernel
-    full[1, 1][:, [1, 3]] = implant[0, 0]
-    conv = layers.Conv2D(5, 3, strides=strides, padding=padding, dilation_rate=dilation, activation="tanh")
-    conv.build(x.shape)
-    conv.set_weights([full, bias])
-    np.testing.assert_allclose(implanted(x), conv(x), rtol=1e-5, atol=1e-6)
-    assert implanted.compute_output_shape(x.shape) == tuple(conv(x).shape)
+    kernel, bias = conv.get_weights()
+    kernel[..., 3:] = 0.0
+    kernel[1, 1, :, 3:] = implant[0, 0]
+    bias[3:] = 0.0
+    conv.set_weights([kernel, bias])
+    np.testing.assert_allclose(implanted(x), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_implanted_conv_round_trips_through_its_config_and_keras_files(tmp_path):
-    inputs = keras.Input((6, 6, 2))
-    model = keras.Model(inputs, ts.layers.ImplantedConv2D(4, 3, [0, 2], strides=2, padding="same")(inputs))
-    model.set_weights([np.random.default_rng(1).normal(size=w.shape).astype("float32") for w in model.weights])
-    model.save(tmp_path / "implanted.keras")
-    restored = keras.saving.load_model(tmp_path / "implanted.keras")
-    x = np.random.default_rng(2).normal(size=(3, 6, 6, 2)).astype("float32")
-    np.testing.assert_allclose(restored(x), model(x), rtol=1e-6)
-    assert restored.layers[-1].get_config() == model.layers[-1].get_config()
-
-
-def test_bad_implanted_channels_are_named():
-    with pytest.raises(ValueError, match=r"`implanted` must be sorted distinct channel indices below `filters`=4"):
-        ts.layers.ImplantedConv2D(4, 3, [2, 1])
-    with pytest.raises(ValueError, match=r"`padding` must be 'same' or 'valid', received: 'causal'"):
-        ts.layers.ImplantedConv2D(4, 3, [1], padding="causal")
+def test_implant_checks_the_layer_and_the_count():
+    model = _small()
+    with pytest.raises(ValueError, match=r"'logits' \(Dense\), which cannot take an implant"):
+        ts.methods.implant(model, {"logits": 1})
+    with pytest.raises(ValueError, match=r"asks 16 implanted channels of 'conv1', which has 16 filters"):
+        ts.methods.implant(model, {"conv1": 16})
 
 
 def _small(batch_norm=False):
@@ -78,24 +69,26 @@ def _digits(count=64):
 def test_implanted_model_starts_as_the_plainly_pruned_model():
     model = _small()
     first, second = [g for g in dependency_groups(model) if g.prunable]
-    removed, implanted = {first: [0, 3, 4], second: [1, 2, 9, 30]}, {first: [7, 9], second: [5, 6, 20]}
-    plain = ts.surgery.remove_channels(model, {g: sorted(removed[g] + implanted[g]) for g in removed})
-    narrower = ts.surgery.remove_channels(model, removed)
-    # The implanted channels' positions once the removed ones are gone.
-    positions = {g: [c - sum(r < c for r in removed[g]) for c in implanted[g]] for g in removed}
-    implants = {"conv1": positions[first], "conv2": positions[second], "conv3": positions[second]}
-    result = ts.methods.implant(narrower, implants)
-    assert [type(result.get_layer(n)).__name__ for n in implants] == ["ImplantedConv2D"] * 3
-    assert result.get_layer("conv2").implanted == (3, 4, 17)
+    plain = ts.surgery.remove_channels(model, {first: [13, 14, 15], second: [28, 29, 30, 31]})
+    result = ts.methods.implant(model, {"conv1": 3, "conv2": 4, "conv3": 4})
+    assert [result.get_layer(n).filters for n in ("conv1", "conv2", "conv3")] == [13, 28, 28]
     x, _ = _digits()
     np.testing.assert_allclose(result(x), plain(x), rtol=1e-5, atol=1e-5)
-    # Only the k x k filters shrink: the implanted model is between the plain and the narrower one.
-    assert plain.count_params() < result.count_params() < narrower.count_params()
+    # Only the k x k filters shrink: the implanted model is between the plain one and the original.
+    assert plain.count_params() < result.count_params() < model.count_params()
 
 
-def test_implant_refuses_a_layer_that_cannot_take_one():
-    with pytest.raises(ValueError, match=r"'logits' \(Dense\), which cannot take an implant"):
-        ts.methods.implant(_small(), {"logits": [0]})
+def test_channels_permuted_alike_in_every_layer_keep_the_function():
+    model = _small(batch_norm=True)
+    groups = [g for g in dependency_groups(model) if g.prunable]
+    rng = np.random.default_rng(6)
+    orders = {i: rng.permutation(g.size).tolist() for i, g in enumerate(groups)}
+    moved = importlib.import_module("tfsparse.methods.hap")._permuted(model, groups, orders)
+    x, _ = _digits()
+    np.testing.assert_allclose(moved(x), model(x), rtol=1e-5, atol=1e-5)
+    for name, index in (("conv1", 0), ("conv2", 1), ("bn3", 1)):  # new channel j is old channel order[j]
+        old, new = (m.get_layer(name).weights[-1].numpy() for m in (model, moved))
+        np.testing.assert_array_equal(new, old[orders[index]])
 
 
 def _largest_channel(model, target):
@@ -113,8 +106,7 @@ def test_hap_removes_the_requested_fraction_implants_counted_within_one_channel(
     reports = []
     small = ts.hap(model, 0.5, (x, y), implant_fraction=0.25, samples=2, target=target, seed=1, verbose=0,
                    print_fn=reports.append)
-    implanted = [layer for layer in small.layers if isinstance(layer, ts.layers.ImplantedConv2D)]
-    assert implanted and all(layer.implant_kernel.shape[-1] > 0 for layer in implanted)
+    assert any(layer.name.endswith("_implant") for layer in small.layers)
     key = "parameters" if target == "params" else "flops"
     before, after = (ts.summary(m, print_fn=None).total[key] for m in (model, small))
     reached = 1 - after / before
@@ -139,13 +131,12 @@ def test_hap_model_fine_tunes_its_implants_saves_loads_and_converts_to_tflite(tm
         model.get_layer(name).beta.assign(np.random.default_rng(4).uniform(-0.1, 0.3, size=32).astype("float32"))
     x, y = _digits(128)
     small = ts.hap(model, 0.5, (x[:64], y[:64]), implant_fraction=0.3, samples=2, seed=2, verbose=0, print_fn=None)
-    implanted = [layer for layer in small.layers if isinstance(layer, ts.layers.ImplantedConv2D)]
-    assert {layer.name for layer in implanted} >= {"conv2", "conv3"}
+    assert {layer.name for layer in small.layers} >= {"conv2_implant", "conv3_implant"}
     small.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = small.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     # The implants learn through the BatchNormalization after them (where its offset is positive).
-    assert all(np.any(small.get_layer(name).implant_kernel.numpy() != 0) for name in ("conv2", "conv3"))
+    assert all(np.any(small.get_layer(name + "_implant").kernel.numpy() != 0) for name in ("conv2", "conv3"))
 
     path = tmp_path / "hap.keras"
     small.save(path)

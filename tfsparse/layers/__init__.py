@@ -1,10 +1,9 @@
-"""Keras layer wrappers that parametrize a layer's weights; HAP's implanted convolution."""
+"""Keras layer wrappers that parametrize a layer's weights."""
 
 from tfsparse.layers.fixed import Fixed
 from tfsparse.layers.frozen import Frozen
-from tfsparse.layers.implanted_conv import ImplantedConv2D
 from tfsparse.layers.masked import Masked
 from tfsparse.layers.scored import Scored
 from tfsparse.layers.wrapper import ParametrizedWrapper
 
-__all__ = ["Fixed", "Frozen", "ImplantedConv2D", "Masked", "ParametrizedWrapper", "Scored"]
+__all__ = ["Fixed", "Frozen", "Masked", "ParametrizedWrapper", "Scored"]

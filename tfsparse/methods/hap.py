@@ -4,14 +4,18 @@ import collections
 import math
 
 import keras
+import numpy as np
 
 from tfsparse import checks
-from tfsparse.layers import ImplantedConv2D
 from tfsparse.methods.structured import TARGETS, rank_channels, removed_channels, shortest_prefix
 from tfsparse.registry import output_positions
 from tfsparse.registry.flops import recorded_input_shape
 from tfsparse.scoring import HessianTrace
-from tfsparse.surgery import RemovalCost, remove_channels, replace_layers
+from tfsparse.surgery import RemovalCost, copy_layer, remove_channels, replace_layers
+from tfsparse.surgery.clone import clone_uncompiled
+from tfsparse.walk import weight_named
+
+IMPLANT_SUFFIX = "_implant"
 
 
 def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", batches=1, loss=None, seed=None,
@@ -28,11 +32,14 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
     sensitive ones (the channels just below the threshold) are not removed
     but implanted: their k x k filters are replaced by a zero-initialised
     1x1 convolution with the layer's stride, in parallel with the kept
-    filters (`tfsparse.layers.ImplantedConv2D`, through
-    `tfsparse.surgery.replace_layer`); the others are removed with
+    filters (see `implant`); the others are removed with
     `tfsparse.surgery.remove_channels`. A residual group loses (or
     implants) the same channels in all its producers (the official code
-    lets each layer of a residual sum choose its own).
+    lets each layer of a residual sum choose its own). The implanted
+    channels are moved after the kept ones (every layer that reads them
+    is permuted alike, which changes nothing of the function), so that a
+    `Concatenate` of the two convolutions gives them in order: the model
+    holds only Keras' own layers and converts to TFLite without a gather.
 
     At the start of fine-tuning the implanted channels are zero where the
     convolution outputs them: without a BatchNormalization or bias that
@@ -48,7 +55,9 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
 
     Only `Conv2D` layers (channels-last, one group) take implants; a
     channel produced by any other layer (Dense, DepthwiseConv2D,
-    SeparableConv2D, Conv1D/3D, ...) is removed plainly. Channels are never
+    SeparableConv2D, Conv1D/3D, ...) is removed plainly, as is a channel
+    of a group whose channels cannot all be permuted alike (some pinned,
+    or read unevenly). Channels are never
     removed from the model's outputs, beyond `max_layer_ratio` of a group
     (the official code keeps 5%) or down to no channel.
 
@@ -71,10 +80,10 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
         print_fn: called with a one-line report; `None` prints nothing.
 
     Returns:
-        A new, uncompiled functional `keras.Model` with the same layer types
-        (the implanted convolutions become `ImplantedConv2D`), narrower;
-        `model` is left unchanged. Its channels are pinned for further
-        channel pruning.
+        A new, uncompiled functional `keras.Model` with the same layer types,
+        narrower, plus the implants (`Conv2D` layers named
+        `<layer>_implant`, and the `Concatenate` and `Cropping2D` layers
+        that place them); `model` is left unchanged.
 
     Raises:
         ValueError: for a `ratio` or `max_layer_ratio` outside [0, 1), an
@@ -87,7 +96,7 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
     >>> small = tfsparse.hap(pretrained, 0.3, (x[:64], y[:64]), samples=4, verbose=0, print_fn=None)
     >>> 0.3 <= 1 - small.count_params() / pretrained.count_params() < 0.32  # within one channel
     True
-    >>> any(isinstance(layer, tfsparse.layers.ImplantedConv2D) for layer in small.layers)
+    >>> any(layer.name.endswith("_implant") for layer in small.layers)
     True
     """
     ratio = checks.check_fraction(ratio, "ratio")
@@ -103,40 +112,72 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
         reached = ", ".join(f"{value:.2%} of {name}" for name, value in plan.measures(units[:count]).items())
         print_fn(f"hap: removed {reached}, with {sum(map(len, implanted.values()))} channels implanted "
                  f"(asked: {ratio:.2%} of {target}).")
-    pruned = remove_channels(model, {groups[i]: channels for i, channels in removed.items()})
-    return implant(pruned, plan.implants(removed, implanted))
+    # Implanted channels last, in every group that has some: new channel j is old channel order[j].
+    orders = {i: [c for c in range(groups[i].size) if c not in set(cs)] + cs for i, cs in implanted.items()}
+    moved = _permuted(model, groups, orders)
+    positions = {i: np.argsort(order) for i, order in orders.items()}
+    pruned = remove_channels(moved, {groups[i]: sorted(int(positions[i][c]) for c in channels) if i in positions
+                                     else channels for i, channels in removed.items()})
+    return implant(pruned, {name: len(cs) for i, cs in implanted.items() for name in groups[i].producers})
 
 
 def implant(model, channels):
-    """Returns a copy of `model` where a zero 1x1 implant computes some output channels of `Conv2D` layers.
+    """Returns a copy of `model` where zero 1x1 implants compute the last output channels of `Conv2D` layers.
 
-    Each named convolution becomes an `ImplantedConv2D` of the same name,
-    shape and activation: the listed channels lose their k x k filters and
-    bias, and are computed by a zero-initialised 1x1 convolution with the
-    layer's stride instead (so they start at zero); the other channels keep
-    their weights.
+    Each named convolution is split in two, run in parallel on its input
+    and concatenated: a convolution of its name keeps the first filters
+    with their weights, and a zero-initialised 1x1 convolution with the
+    same stride, activation and bias use (zero bias), named
+    `<layer>_implant`, computes the last `channels[name]` output channels
+    from the centre of each k x k window (a `Cropping2D` aligns it where
+    the centres are not the first input positions). The implanted
+    channels then start at the activation of zero, whatever the
+    convolution computed for them.
 
     Args:
         model: a built functional or Sequential `keras.Model`.
-        channels: `{Conv2D layer name: output channel indices}`.
+        channels: `{Conv2D layer name: how many of its last output channels
+            to implant}`.
 
     Returns:
         A new, uncompiled functional `keras.Model`.
 
     Raises:
-        ValueError: if a name is not a layer of `model`, or a layer is not a
-            channels-last, ungrouped `Conv2D`, or an index is out of range.
+        ValueError: if a name is not a layer of `model`, a layer is not a
+            channels-last, ungrouped `Conv2D` with 'same' or 'valid' padding,
+            or a count is not between 1 and its filters minus one.
 
     Example:
 
-    >>> implanted = tfsparse.methods.implant(model, {"conv1": [0, 5]})
-    >>> implanted.get_layer("conv1").implanted, implanted.count_params() - model.count_params()
-    ((0, 5), -16)
-    >>> bool(np.all(implanted.get_layer("conv1")(x[:2])[..., 0] == 0.0))  # the implanted channel starts at zero
-    True
+    >>> implanted = tfsparse.methods.implant(model, {"conv1": 2})
+    >>> implanted.get_layer("conv1").filters, tuple(implanted.get_layer("conv1_implant").kernel.shape)
+    (14, (1, 1, 1, 2))
+    >>> implanted.count_params() - model.count_params()  # 2 filters of 3 x 3 -> 1 x 1
+    -16
+    >>> merged = keras.Model(implanted.inputs, implanted.get_layer("conv1_implant_merge").output)
+    >>> float(np.abs(merged(x[:2])[..., 14:]).max())  # the implanted channels start at relu(0)
+    0.0
     """
-    build_fns = {name: lambda conv, c=indices: _implanted(conv, c) for name, indices in channels.items()}
+    build_fns = {name: lambda conv, n=count: _implanted(conv, n) for name, count in channels.items()}
     return replace_layers(model, build_fns)
+
+
+def _permuted(model, groups, orders):
+    """A copy of `model` with the channels of some groups reordered: new channel j of group i is `orders[i][j]`."""
+    copy = clone_uncompiled(model, clone_function=copy_layer)
+    arrays = {}
+    for index, order in orders.items():
+        for piece in groups[index].slices:
+            key = piece.layer, piece.weight
+            if key not in arrays:
+                arrays[key] = keras.ops.convert_to_numpy(weight_named(copy.get_layer(piece.layer), piece.weight))
+            source = np.arange(arrays[key].shape[piece.axis])
+            for new, old in enumerate(order):
+                source[list(piece.positions[new])] = piece.positions[old]
+            arrays[key] = np.take(arrays[key], source, axis=piece.axis)
+    for (layer, weight), array in arrays.items():
+        weight_named(copy.get_layer(layer), weight).assign(array)
+    return copy
 
 
 class _Plan:
@@ -146,10 +187,7 @@ class _Plan:
         self.model, self.groups, self.fraction = model, groups, implant_fraction
         self.cost = RemovalCost(model, groups)
         self.total_channels = sum(group.size for group in groups)
-        self.implantable = [
-            all(_takes_implant(model.get_layer(p)) and -1 not in group.indices(p) for p in group.producers)
-            for group in groups
-        ]
+        self.implantable = [_implantable(model, group) for group in groups]
         # Per producer of an implantable group: (kernel entries saved per input per channel, output positions).
         self.savings = {}
         for group, implantable in zip(groups, self.implantable):
@@ -198,17 +236,6 @@ class _Plan:
                     widths[piece.layer] -= sum(len(piece.positions[c]) for c in channels)
         return widths
 
-    def implants(self, removed, implanted):
-        """`{producer name: its output channels to implant, in the pruned model}`."""
-        found = {}
-        for index, channels in implanted.items():
-            group, gone = self.groups[index], removed.get(index, [])
-            for name in group.producers:
-                own = group.indices(name)
-                lost = sorted(own[c] for c in gone)
-                found[name] = sorted(own[c] - sum(1 for g in lost if g < own[c]) for c in channels)
-        return found
-
 
 def _takes_implant(layer):
     """Whether `layer` is a channels-last, ungrouped `Conv2D` (its channels can be implanted)."""
@@ -216,31 +243,57 @@ def _takes_implant(layer):
             and layer.padding in ("same", "valid"))
 
 
-def _implanted(conv, channels):
-    """An `ImplantedConv2D` computing `conv`'s output `channels` with a zero 1x1 implant, its other weights kept."""
+def _implantable(model, group):
+    """Whether a group's channels can take implants: Conv2D producers, channels in producer order, permutable."""
+    identity = list(range(group.size))
+    return (not group.pinned
+            and all(_takes_implant(model.get_layer(p)) and group.indices(p) == identity for p in group.producers)
+            and all(len({len(p) for p in piece.positions}) == 1 for piece in group.slices))
+
+
+def _takes_implant(layer):
+    """Whether `layer` is a channels-last, ungrouped `Conv2D` with 'same' or 'valid' padding."""
+    return (type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
+            and layer.padding in ("same", "valid"))
+
+
+def _implanted(conv, count):
+    """`conv` with its last `count` filters computed by a zero 1x1 implant: a function of its input."""
     if not _takes_implant(conv):
         raise ValueError(
             f"Argument `channels` names {conv.name!r} ({type(conv).__name__}), which cannot take an implant: "
             f"only channels-last, ungrouped Conv2D layers with 'same' or 'valid' padding can."
         )
-    channels = sorted(int(c) for c in channels)
-    if channels and not 0 <= channels[0] <= channels[-1] < conv.filters:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count < conv.filters:
         raise ValueError(
-            f"Argument `channels` holds {channels} for {conv.name!r}, which has {conv.filters} output channels."
+            f"Argument `channels` asks {count!r} implanted channels of {conv.name!r}, which has {conv.filters} "
+            f"filters: give an integer from 1 to {conv.filters - 1}."
         )
-    config = conv.get_config()
-    layer = ImplantedConv2D(
-        config["filters"], config["kernel_size"], channels, strides=config["strides"], padding=config["padding"],
-        dilation_rate=config["dilation_rate"], activation=config["activation"], use_bias=config["use_bias"],
-        kernel_initializer=config["kernel_initializer"], bias_initializer=config["bias_initializer"],
-        name=conv.name, dtype=conv.dtype_policy,
+    input_shape = recorded_input_shape(conv)
+    kept_filters = conv.filters - count
+    weights = [keras.ops.convert_to_numpy(w)[..., :kept_filters] for w in conv.weights]
+    kept = conv.__class__.from_config({**conv.get_config(), "filters": kept_filters})
+    kept.build(input_shape)
+    kept.set_weights(weights)
+    implant_layer = keras.layers.Conv2D(
+        count, 1, strides=conv.strides, activation=conv.get_config()["activation"], use_bias=conv.use_bias,
+        kernel_initializer="zeros", name=conv.name + IMPLANT_SUFFIX, dtype=conv.dtype_policy,
     )
-    layer.build(recorded_input_shape(conv))
-    kept = [c for c in range(conv.filters) if c not in set(channels)]
-    kernel = keras.ops.convert_to_numpy(conv.kernel)
-    layer.kernel.assign(kernel[..., kept])
-    if conv.use_bias:
-        bias = keras.ops.convert_to_numpy(conv.bias).copy()
-        bias[list(channels)] = 0.0
-        layer.bias.assign(bias)
-    return layer
+    output_shape = conv.compute_output_shape(input_shape)
+    crops = [_crop(conv, axis, input_shape[1 + axis], output_shape[1 + axis]) for axis in range(2)]
+    cropping = None
+    if any(map(any, crops)):
+        cropping = keras.layers.Cropping2D(crops, name=conv.name + IMPLANT_SUFFIX + "_centres")
+    merge = keras.layers.Concatenate(name=conv.name + IMPLANT_SUFFIX + "_merge")
+    return lambda inputs: merge([kept(inputs), implant_layer(cropping(inputs) if cropping else inputs)])
+
+
+def _crop(conv, axis, size, outputs):
+    """`(before, after)`: input positions to drop along a spatial axis so that a strided 1x1 reads window centres."""
+    if size is None:
+        raise ValueError(f"Conv2D {conv.name!r} has an unknown spatial input size: an implant needs it.")
+    span = conv.dilation_rate[axis] * (conv.kernel_size[axis] - 1)
+    stride = conv.strides[axis]
+    padding = max((outputs - 1) * stride + span + 1 - size, 0) // 2 if conv.padding == "same" else 0
+    before = span // 2 - padding
+    return before, size - before - ((outputs - 1) * stride + 1)
