@@ -8,6 +8,8 @@ import statistics
 import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# A VGG-style CNN sized for 2 CPU cores: six 3x3 conv + BatchNorm + ReLU, three poolings.
+VGG_CONFIG = (16, 16, "M", 32, 32, "M", 64, 64, "M")
 
 
 def lenet_300_100(K, input_shape=(28, 28, 1), num_classes=10):

@@ -45,14 +45,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import tfsparse as ts  # noqa: E402
-from common import RESULTS, machine, write_json  # noqa: E402
+from common import RESULTS, VGG_CONFIG, machine, write_json  # noqa: E402
 
 BATCH = 128
 TRAIN_EXAMPLES = 50000
 # PyTorch's default BatchNorm momentum 0.1 (the reference code's), in Keras terms.
 BN_MOMENTUM = 0.9
-# A VGG-style CNN sized for 2 CPU cores: six 3x3 conv + BatchNorm + ReLU, three poolings.
-VGG_CONFIG = (16, 16, "M", 32, 32, "M", 64, 64, "M")
 MODELS = {
     "lenet5_caffe": lambda: ts.models.lenet5_caffe((28, 28, 1)),
     "vgg": lambda: ts.models.vgg(VGG_CONFIG, (28, 28, 1), name="vgg_16_32_64"),

@@ -79,3 +79,31 @@ def test_hap_notebook_prunes_half_of_the_parameters_with_implants_and_reloads(tm
     _assert_counts_of_test_digits(results["dense_accuracy"], *results["accuracy"].values())
     assert "implanted channels per layer" in printed
     assert images == 1
+
+
+def test_structured_notebook_prunes_half_the_channels_into_a_smaller_faster_plain_model(tmp_path, monkeypatch):
+    printed, results, images = _execute("structured", tmp_path, monkeypatch)
+    # Global scope removes the fewest channels that reach the ratio: within one channel of it.
+    assert 0 <= results["removed_channels"] - 0.5 * results["prunable_channels"] < 1
+    dense_parameters, pruned_parameters = results["parameters"]
+    dense_flops, pruned_flops = results["flops"]
+    assert pruned_parameters < dense_parameters / 2 and pruned_flops < dense_flops / 2
+    assert results["same_layer_types"] is True
+    assert results["litert_max_abs_diff"] < 1e-4
+    _assert_counts_of_test_digits(results["dense_accuracy"], results["before_finetuning_accuracy"],
+                                  results["pruned_accuracy"], results["scratch_accuracy"])
+    assert "Ref. params" in printed and "prunable" in printed
+    assert (tmp_path / "pruned.tflite").stat().st_size < (tmp_path / "dense.tflite").stat().st_size
+    assert images == 1
+
+
+def test_polarization_notebook_closes_the_requested_channels_in_one_pass(tmp_path, monkeypatch):
+    printed, results, images = _execute("polarization", tmp_path, monkeypatch)
+    assert abs(results["removed"] - results["sparsity"]) <= 0.02
+    assert results["stripped_accuracy"] == results["gated_accuracy"]
+    assert results["max_difference"] <= 1e-5 and results["same_layer_types"] is True
+    assert results["parameters"][1] < results["parameters"][0] and results["flops"][1] < results["flops"][0]
+    assert 0.0 <= results["polarized"] <= 1.0
+    _assert_counts_of_test_digits(results["gated_accuracy"])
+    assert "gates_open" in printed
+    assert images == 1

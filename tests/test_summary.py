@@ -234,3 +234,18 @@ def test_bad_arguments():
     model = keras.Sequential([keras.Input((3,)), Clash(keras.layers.Dense(2))])
     with pytest.raises(ValueError, match="'parameters'"):
         ts.summary(model, print_fn=None)
+
+
+def test_reference_columns_stand_next_to_each_layer_matched_by_path():
+    inputs = keras.Input((4,))
+    wide = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Dense(8, name="hidden")(inputs)))
+    narrow = ts.prune_channels(wide, 0.5, scope="layer", print_fn=None)
+    inputs = keras.Input((4,))
+    extra = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Dense(2, name="other")(inputs)))
+    info = ts.summary(narrow, reference=wide, print_fn=None)
+    assert [(r["layer"], r["parameters"], r["reference_parameters"]) for r in info.rows] == [
+        ("hidden", 20, 40), ("out", 15, 27)]
+    assert (info.total["reference_parameters"], info.total["reference_flops"]) == (67, 2 * (4 * 8 + 8 * 3))
+    assert "Ref. params" in str(info) and "Ref. FLOPs" in str(info)
+    unmatched = ts.summary(extra, reference=wide, print_fn=None)
+    assert unmatched.rows[0]["layer"] == "other" and unmatched.rows[0]["reference_parameters"] is None

@@ -48,6 +48,8 @@ COLUMNS = {
     "bytes": "Bytes",
     "nonzero_bytes": "Non-zero bytes",
 }
+# Side-by-side columns of `summary(model, reference=...)`: {column: (column of the reference, header)}.
+REFERENCE_COLUMNS = {"reference_parameters": ("parameters", "Ref. params"), "reference_flops": ("flops", "Ref. FLOPs")}
 _SUMMED = ("parameters", "nonzeros", "flops", "effective_flops", "bytes", "nonzero_bytes")
 
 
@@ -90,7 +92,7 @@ class Summary:
         return f"<Summary of {len(self.rows)} layers: {self.total['parameters']:,} parameters>"
 
 
-def summary(model, print_fn=print):
+def summary(model, print_fn=print, reference=None):
     """Counts parameters, non-zeros, FLOPs and bytes of a model, per layer.
 
     Nested models (and layers holding sublayers) are walked; tfsparse
@@ -102,9 +104,15 @@ def summary(model, print_fn=print):
     from each row and from the total. See the module docstring for exactly
     what is counted.
 
+    With a `reference` model (the model before `tfsparse.prune_channels`,
+    say), its parameters and FLOPs stand next to `model`'s, layer by layer
+    (matched by layer path; blank where the reference has no such layer),
+    and its totals in the total row.
+
     Args:
         model: a built Keras model (or a single built layer).
         print_fn: called with the table as one string; `None` prints nothing.
+        reference: a built Keras model to compare with, or `None`.
 
     Returns:
         A `Summary` with `.rows` (list of dicts), `.total` (dict) and the
@@ -125,6 +133,13 @@ def summary(model, print_fn=print):
     ['masked_conv1', 'masked_conv2', 'masked_conv3', 'masked_logits']
     >>> round(info.total["effective_flops"] / info.total["flops"], 3)
     0.1
+
+    Side by side with the model a structured method started from:
+
+    >>> narrow = tfsparse.prune_channels(model, 0.5, scope="layer", print_fn=None)
+    >>> total = tfsparse.summary(narrow, reference=model, print_fn=None).total
+    >>> total["parameters"], total["reference_parameters"]
+    (1562, 5674)
     """
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(
@@ -160,10 +175,22 @@ def summary(model, print_fn=print):
         columns[key] = key
         for row in rows + [total]:
             row[key] = ratio(row)
+    if reference is not None:
+        _add_reference(rows, total, columns, summary(reference, print_fn=None))
     result = Summary(rows, total, columns)
     if print_fn is not None:
         print_fn(str(result))
     return result
+
+
+def _add_reference(rows, total, columns, before):
+    """Adds the `REFERENCE_COLUMNS` of the `Summary` `before` to the rows, the total and the columns."""
+    by_path = {row["layer"]: row for row in before.rows}
+    for key, (source, header) in REFERENCE_COLUMNS.items():
+        columns[key] = header
+        for row in rows:
+            row[key] = by_path.get(row["layer"], {}).get(source)
+        total[key] = before.total[source]
 
 
 def _row(path, layer):

@@ -94,11 +94,11 @@ class PruningSummaries(keras.callbacks.Callback):
                 for name, value in layer.effective_weights().items():
                     array = keras.ops.convert_to_numpy(value)
                     zeros = 1.0 - np.count_nonzero(array) / array.size
-                    _scalar(f"sparsity/{path}/{name}", zeros, epoch)
+                    write_scalar(f"sparsity/{path}/{name}", zeros, epoch)
             for path, layer in self._wrappers:
                 target = layer.target_sparsity()
                 if target is not None:
-                    _scalar(f"target_sparsity/{path}", target, epoch)
+                    write_scalar(f"target_sparsity/{path}", target, epoch)
         self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -113,5 +113,6 @@ class PruningSummaries(keras.callbacks.Callback):
         return cls(**config)
 
 
-def _scalar(tag, value, step):
+def write_scalar(tag, value, step):
+    """Writes one TensorBoard scalar to the default summary writer (TensorFlow alone, no tensorboard package)."""
     tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=_SCALAR)

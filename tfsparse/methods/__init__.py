@@ -5,9 +5,10 @@ from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.hap import hap, implant
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
+from tfsparse.methods.polarization import polarize
 from tfsparse.methods.structured import prune_channels
 
 __all__ = [
-    "finetune", "freezenet", "hap", "implant", "lottery_jackpot", "prune_channels", "prune_low_magnitude",
+    "finetune", "freezenet", "hap", "implant", "lottery_jackpot", "polarize", "prune_channels", "prune_low_magnitude",
     "recalibrate_batch_norm", "reinitialize", "snip",
 ]

@@ -21,7 +21,7 @@ from tfsparse.keras_internals import producing_call
 from tfsparse.registry import channels as channel_rules
 from tfsparse.surgery import rules
 from tfsparse.surgery.clone import is_graph_model
-from tfsparse.surgery.strip import strip
+from tfsparse.surgery.unwrap import unwrap_layers
 from tfsparse.walk import wrappers
 
 
@@ -222,7 +222,8 @@ class ChannelGraph:
 
     Args:
         model: a built functional or Sequential model. tfsparse wrappers are
-            stripped first (`tfsparse.strip`); `model` is then the stripped
+            unwrapped first (masks and gates folded in, see
+            `tfsparse.surgery.unwrap_layers`); `model` is then the stripped
             model, whose layers carry the inner layers' names.
 
     Raises:
@@ -574,7 +575,7 @@ def checked_model(model):
 def plain_model(model):
     """`model` checked, with tfsparse wrappers stripped if it holds any."""
     model = checked_model(model)
-    return strip(model) if wrappers(model) else model
+    return unwrap_layers(model) if wrappers(model) else model
 
 
 def graph_view(model):

@@ -1,34 +1,20 @@
-"""Removing tfsparse wrappers: a plain Keras model with the effective weights."""
+"""Removing tfsparse wrappers: a plain Keras model with the effective weights, without closed channels."""
 
-import keras
-
-from tfsparse.layers.fixed import Fixed
-from tfsparse.layers.wrapper import ParametrizedWrapper
-from tfsparse.surgery.clone import copy_layer, transform_layers
-
-
-def unwrap(layer):
-    """Returns a plain copy of a wrapped layer holding its effective weights.
-
-    A `Fixed` layer gives a copy of the layer it wraps; any other layer is
-    returned as a copy with its own weights.
-    """
-    if isinstance(layer, Fixed):
-        return copy_layer(layer.layer)
-    if not isinstance(layer, ParametrizedWrapper):
-        return copy_layer(layer)
-    inner = layer.layer
-    effective = {id(w): v for w, v in zip(layer.prunable_weights, layer.effective_weights().values())}
-    weights = [effective.get(id(w), w) for w in inner.weights]
-    return copy_layer(inner, [keras.ops.convert_to_numpy(w) for w in weights])
+from tfsparse.layers.gate import gate_sets
+from tfsparse.surgery.graph import dependency_groups
+from tfsparse.surgery.remove import remove_channels
+from tfsparse.surgery.unwrap import unwrap_layers
 
 
 def strip(model):
     """Returns a plain Keras model with every tfsparse wrapper removed.
 
     Masks are multiplied into the kernels (masked entries are exactly zero),
-    gates are folded in, and the layers are the original Keras layers, so
-    the result saves, loads and converts without tfsparse. The input model
+    and the layers are the original Keras layers, so the result saves,
+    loads and converts without tfsparse. Channel gates
+    (`tfsparse.polarize`) are dropped and the channels they close are
+    removed with `tfsparse.surgery.remove_channels`: the result is narrower
+    and computes what the gated model computes at inference. The input model
     is left unchanged (a subclassed model is changed in place, see
     `transform_layers`).
 
@@ -46,4 +32,11 @@ def strip(model):
     >>> float(np.mean(plain.get_layer("conv2").kernel.numpy() == 0))
     0.5
     """
-    return transform_layers(model, unwrap)
+    closed = {}
+    for leader, _ in gate_sets(model).values():
+        closed.update({producers: channels for producers, channels in leader.closed_channels().items() if channels})
+    plain = unwrap_layers(model)
+    if not closed:
+        return plain
+    groups = {group.producers: group for group in dependency_groups(plain)}
+    return remove_channels(plain, {groups[producers]: channels for producers, channels in closed.items()})

@@ -1,0 +1,232 @@
+"""Structured pruning on Fashion-MNIST: channel criteria against the dense model and the same widths from scratch.
+
+Every model trains with one recipe, `tfsparse.finetune` (SGD, Nesterov
+momentum 0.9, cosine learning rate, weight decay 5e-4, BatchNorm moving
+statistics recomputed over 50 training batches at the end), on the same
+fixed random subset of `--train-examples` training images (batch 128), and
+is evaluated on the full 10,000-image test set:
+
+- dense: trained `--epochs` (lr 0.1): the model every method prunes;
+- dense, same total: trained `--epochs + --finetune-epochs` (lr 0.1): the
+  reference a pruned model must come close to;
+- each method at each ratio: removes that fraction of the channels of the
+  pruned dense model (`tfsparse.prune_channels`, criterion and scope per
+  method), recomputes BatchNorm statistics (the "before fine-tuning"
+  figure), and fine-tunes `--finetune-epochs` (`--finetune-lr`, 0.01);
+- from scratch (`--scratch`): each pruned architecture re-initialized
+  (`tfsparse.reinitialize`) and trained `--epochs + --finetune-epochs`
+  (lr 0.1): Liu et al. (2019)'s contrast, at equal total epochs.
+
+Each row records accuracy, parameters and FLOPs (`tfsparse.summary`) and
+LiteRT batch-1 latency (`tfsparse.export.tflite`, median of 20 runs, one
+thread); the goals of the structured core are checked on the 50% rows.
+Structured methods built on the core (HAP, C-SGD, polarization) add entries
+to `METHODS`.
+
+    python benchmarks/structured.py [--models resnet20 vgg] [--methods l1/global bn_scale/layer ...]
+        [--ratios 0.3 0.5 0.7] [--epochs 6] [--finetune-epochs 3] [--finetune-lr 0.01]
+        [--train-examples 10000] [--seeds 0] [--scratch]
+
+Writes benchmarks/results/structured_<models>.json and .png.
+"""
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import tfsparse as ts  # noqa: E402
+from common import RESULTS, VGG_CONFIG, machine, write_json  # noqa: E402
+
+BATCH = 128
+TRAIN_LR = 0.1
+MODELS = {
+    "resnet20": lambda: ts.models.resnet20((28, 28, 1)),
+    "vgg": lambda: ts.models.vgg(VGG_CONFIG, (28, 28, 1), name="vgg_16_32_64"),
+}
+
+
+@dataclasses.dataclass
+class Context:
+    """What a method needs: the data, the trained dense weights and the epoch budget."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    dense: object
+    epochs: int
+    finetune_epochs: int
+    finetune_lr: float
+    seed: int
+
+
+def criterion_method(importance, scope):
+    """A method: `prune_channels` with one criterion and scope, then the fine-tuning recipe."""
+
+    def run(context, ratio):
+        pruned = ts.prune_channels(context.dense, ratio, importance=importance, data=context.train, scope=scope,
+                                   print_fn=None)
+        ts.recalibrate_batch_norm(pruned, context.train)
+        before = evaluate(pruned, context.test)
+        ts.finetune(pruned, context.train, context.finetune_epochs, learning_rate=context.finetune_lr, verbose=0)
+        return pruned, {"before_finetuning": before}
+
+    return run
+
+
+# Taylor scores average the gradient over 10 batches (1,280 images).
+CRITERIA = {"l1": "l1", "l2": "l2", "bn_scale": "bn_scale", "taylor": ts.scoring.Taylor(batches=10)}
+METHODS = {
+    f"{name}/{scope}": criterion_method(importance, scope)
+    for name, importance in CRITERIA.items()
+    for scope in ("global", "layer")
+}
+
+
+def training_subset(count, seed):
+    """A fixed random subset of `count` Fashion-MNIST training images, reshuffled each epoch."""
+    images, labels = next(iter(ts.data.load("fashion_mnist", "train", batch_size=count, seed=seed)))
+    subset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return subset.shuffle(count, seed=seed, reshuffle_each_iteration=True).batch(BATCH).prefetch(2)
+
+
+def evaluate(model, test):
+    """Test accuracy of `model` (compiled here for evaluation only if it is not)."""
+    if not model.compiled:
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
+    return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+
+
+def measure(model, test, samples, **extra):
+    """Accuracy, parameters, FLOPs and LiteRT batch-1 latency of `model`, with `extra` fields."""
+    total = ts.summary(model, print_fn=None).total
+    with tempfile.TemporaryDirectory() as folder:
+        report = ts.export.tflite(model, os.path.join(folder, "model.tflite"), sample_inputs=samples)
+    return {"accuracy": evaluate(model, test), "parameters": int(total["parameters"]), "flops": int(total["flops"]),
+            "litert_ms": report.litert_latency_ms, **extra}
+
+
+def run_model(name, args, seed):
+    """All rows of one model and seed."""
+    train, test = training_subset(args.train_examples, seed), ts.data.load("fashion_mnist", "test", BATCH)
+    samples = np.asarray(next(iter(test))[0][:8])
+    total_epochs = args.epochs + args.finetune_epochs
+
+    def trained(epochs, model=None):
+        keras.utils.set_random_seed(seed)
+        model = model or MODELS[name]()
+        started = time.perf_counter()
+        ts.finetune(model, train, epochs, learning_rate=TRAIN_LR, verbose=0)
+        return model, time.perf_counter() - started
+
+    dense, seconds = trained(args.epochs)
+    rows = [measure(dense, test, samples, method="dense", epochs=args.epochs, seconds=seconds)]
+    same_total, seconds = trained(total_epochs)
+    rows.append(measure(same_total, test, samples, method="dense, same total", epochs=total_epochs, seconds=seconds))
+    print(f"[{name} seed {seed}] dense {rows[0]['accuracy']:.4f}, same total {rows[1]['accuracy']:.4f}", flush=True)
+    context = Context(train, test, dense, args.epochs, args.finetune_epochs, args.finetune_lr, seed)
+    for method in args.methods:
+        for ratio in args.ratios:
+            started = time.perf_counter()
+            pruned, extra = METHODS[method](context, ratio)
+            row = measure(pruned, test, samples, method=method, ratio=ratio, epochs=total_epochs,
+                          seconds=time.perf_counter() - started, **extra)
+            rows.append(row)
+            message = f"[{name} seed {seed}] {method} {ratio:.0%}: {row['accuracy']:.4f}"
+            if args.scratch:
+                scratch, seconds = trained(total_epochs, ts.reinitialize(pruned, seed))
+                rows.append(measure(scratch, test, samples, method=f"{method} widths, scratch", ratio=ratio,
+                                    epochs=total_epochs, seconds=seconds))
+                message += f", same widths from scratch {rows[-1]['accuracy']:.4f}"
+            print(message, flush=True)
+    for row in rows:
+        row.update(model=name, seed=seed, flops_ratio=rows[0]["flops"] / row["flops"],
+                   litert_speedup=rows[0]["litert_ms"] / row["litert_ms"])
+    return rows
+
+
+def goals(rows):
+    """The structured core's goals, checked per model on the 50% rows of each method (means over seeds)."""
+
+    def mean(method, model, ratio=None):
+        values = [r["accuracy"] for r in rows if r["model"] == model and r["method"] == method
+                  and r.get("ratio") == ratio]
+        return float(np.mean(values)) if values else None
+
+    found = {}
+    for model in sorted({r["model"] for r in rows}):
+        dense = mean("dense, same total", model)
+        for method in sorted({r["method"] for r in rows if r["model"] == model and r.get("ratio") == 0.5
+                              and not r["method"].endswith("scratch")}):
+            pruned = mean(method, model, 0.5)
+            scratch = mean(f"{method} widths, scratch", model, 0.5)
+            one = next(r for r in rows if r["model"] == model and r["method"] == method and r.get("ratio") == 0.5)
+            found[f"{model} {method} 50%"] = {
+                "accuracy": pruned, "dense_same_total": dense, "gap_points": 100 * (dense - pruned),
+                "within_1.5_points": dense - pruned <= 0.015, "flops_ratio": one["flops_ratio"],
+                "flops_3x": one["flops_ratio"] >= 3, "litert_speedup": one["litert_speedup"],
+                "scratch": scratch, "beats_scratch": None if scratch is None else pruned > scratch,
+            }
+    return found
+
+
+def plot(rows, path):
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        for method in dict.fromkeys(r["method"] for r in mine if "ratio" in r):
+            points = sorted((r["flops"] / 1e6, r["accuracy"]) for r in mine if r["method"] == method)
+            style = "--" if method.endswith("scratch") else "-"
+            ax.plot(*zip(*points), style, marker="o", label=method)
+        for method, marker in (("dense", "*"), ("dense, same total", "P")):
+            for r in mine:
+                if r["method"] == method:
+                    ax.plot(r["flops"] / 1e6, r["accuracy"], marker, color="black", markersize=11, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("MFLOPs per example")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{model}, Fashion-MNIST")
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+        ax.legend(handles.values(), handles.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20"], choices=sorted(MODELS))
+    parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--epochs", type=int, default=6, help="dense training epochs before pruning")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of fine-tuning")
+    parser.add_argument("--train-examples", type=int, default=10000)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--scratch", action="store_true", help="also train every pruned architecture from scratch")
+    args = parser.parse_args()
+    started = time.time()
+    rows = [row for name in args.models for seed in args.seeds for row in run_model(name, args, seed)]
+    stem = f"structured_{'_'.join(args.models)}"
+    path = write_json(stem, {
+        "settings": {**vars(args), "batch": BATCH, "train_lr": TRAIN_LR,
+                     "recipe": "tfsparse.finetune: SGD nesterov 0.9, cosine, weight decay 5e-4, BN recalibrated"},
+        "machine": machine(), "minutes": (time.time() - started) / 60, "rows": rows, "goals": goals(rows),
+    })
+    plot(rows, RESULTS / f"{stem}.png")
+    print(f"Wrote {path} and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""`GateMonitor`: the open fraction, consensus and polarization of channel gates, per epoch."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsparse.callbacks.pruning_summaries import write_scalar
+from tfsparse.layers.gate import gate_sets
+
+POLARIZED = (0.1, 0.9)
+
+
+def gate_statistics(model):
+    """Returns `{"gates_open", "gates_polarized", "gates_consensus"}` of a gated model.
+
+    - `gates_open`: fraction of the gates open at inference (what `strip` keeps).
+    - `gates_polarized`: fraction of gate probabilities outside (0.1, 0.9).
+    - `gates_consensus`: for dynamic gates, the fraction of gates whose
+      decision was the same for every example of the last training batch
+      (mean over the gated layers); 1.0 for static gates.
+
+    Raises:
+        ValueError: if `model` holds no gates.
+
+    Example:
+
+    >>> gate_statistics(tfsparse.polarize(model, sparsity=0.5, steps=10))
+    {'gates_open': 1.0, 'gates_polarized': 0.0, 'gates_consensus': 1.0}
+    """
+    sets = gate_sets(model)
+    if not sets:
+        raise ValueError(f"Model {model.name!r} holds no channel gates; make it with `tfsparse.polarize`.")
+    opened, probabilities, agreement = [], [], []
+    for leader, members in sets.values():
+        opened.append(keras.ops.convert_to_numpy(leader.open_gates()))
+        probabilities.append(keras.ops.convert_to_numpy(leader.probabilities()))
+        agreement += [float(layer.agreement.numpy()) for layer in members if layer.dynamic]
+    p = np.concatenate(probabilities)
+    return {
+        "gates_open": float(np.mean(np.concatenate(opened))),
+        "gates_polarized": float(np.mean((p <= POLARIZED[0]) | (p >= POLARIZED[1]))),
+        "gates_consensus": float(np.mean(agreement)) if agreement else 1.0,
+    }
+
+
+@keras.saving.register_keras_serializable(package="tfsparse")
+class GateMonitor(keras.callbacks.Callback):
+    """Logs the state of the channel gates at the end of every epoch.
+
+    Adds `gates_open`, `gates_polarized` and `gates_consensus` (see
+    `gate_statistics`) to the epoch's logs, so the progress bar and the
+    `History` show them, and, given a `log_dir`, writes them as TensorBoard
+    scalars `gates/<name>` with the epoch as step. No per-batch hook.
+
+    Args:
+        log_dir: directory of the event files (created if missing), or None
+            for the logs only.
+
+    Raises:
+        TypeError: if `log_dir` is not a path or None.
+        ValueError: at the start of `fit` if the model holds no gates.
+
+    Example:
+
+    Use it as `gated.fit(data, epochs=..., callbacks=[GateMonitor(log_dir)])`;
+    at the end of each epoch, `fit` calls:
+
+    >>> monitor, logs = GateMonitor(), {"loss": 2.3}
+    >>> monitor.set_model(tfsparse.polarize(model, sparsity=0.5, steps=8))
+    >>> monitor.on_epoch_end(0, logs)
+    >>> sorted(logs)
+    ['gates_consensus', 'gates_open', 'gates_polarized', 'loss']
+    """
+
+    def __init__(self, log_dir=None):
+        super().__init__()
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"Argument `log_dir` must be a path (str or os.PathLike) or None, received: "
+                f"{log_dir!r} (of type {type(log_dir).__name__})."
+            )
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        gate_statistics(self.model)  # raises early if there are no gates
+        if self.log_dir is not None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        statistics = gate_statistics(self.model)
+        if logs is not None:
+            logs.update(statistics)
+        if self._writer is not None:
+            with self._writer.as_default():
+                for name, value in statistics.items():
+                    write_scalar(f"gates/{name.removeprefix('gates_')}", value, epoch)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def get_config(self):
+        return {"log_dir": self.log_dir}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
