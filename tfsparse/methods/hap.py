@@ -237,12 +237,6 @@ class _Plan:
         return widths
 
 
-def _takes_implant(layer):
-    """Whether `layer` is a channels-last, ungrouped `Conv2D` (its channels can be implanted)."""
-    return (type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
-            and layer.padding in ("same", "valid"))
-
-
 def _implantable(model, group):
     """Whether a group's channels can take implants: Conv2D producers, channels in producer order, permutable."""
     identity = list(range(group.size))
