@@ -7,8 +7,8 @@ times a Rademacher vector) is computed in a `tf.function` two ways:
 - forward-over-reverse: `tf.autodiff.ForwardAccumulator` around the
   gradient tape;
 - double backward: the gradient of `grad . v`, with nested
-  `tf.GradientTape`s (what `tfsparse.scoring.hessian_trace` uses: it was
-  measured as fast or slightly faster here).
+  `tf.GradientTape`s (what `tfsparse.scoring.hessian_trace` uses: about 3%
+  less CPU time here; the two are within the noise of wall time).
 
 Both give the same product (checked). Each is timed next to a Keras
 training step (`train_on_batch`, SGD) on the same batch; the calls

@@ -38,9 +38,9 @@ def hessian_trace(model, data, samples=32, batches=1, per="channel", loss=None, 
     one output channel (`per="channel"`), or one entry (`per="weight"`, the
     Hessian's diagonal). Each sample draws one Rademacher vector `v`
     (entries +1 or -1) over all prunable weights at once, computes the
-    Hessian-vector product `Hv` (a double backward pass in a `tf.function`,
-    measured as fast as forward-over-reverse differentiation or slightly
-    faster, see `benchmarks/hessian.py`) and sums `v * Hv` over each block: the mean of
+    Hessian-vector product `Hv` (a double backward pass in a `tf.function`;
+    forward-over-reverse differentiation was measured within a few percent
+    of it, see `benchmarks/hessian.py`) and sums `v * Hv` over each block: the mean of
     these samples is an unbiased estimate of the block's trace.
 
     The loss is the mean loss over `batches` batches of `data`, in
