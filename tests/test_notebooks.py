@@ -68,6 +68,19 @@ def test_jackpot_notebook_finds_a_jackpot_over_the_pretrained_weights(tmp_path, 
     assert images == 1
 
 
+def test_hap_notebook_prunes_half_of_the_parameters_with_implants_and_reloads(tmp_path, monkeypatch):
+    printed, results, images = _execute("hap", tmp_path, monkeypatch)
+    # Half of the parameters, implants counted, within one channel (under 2% of this model).
+    assert 0.5 <= results["parameters_removed"] < 0.52
+    assert results["flops"][1] < results["flops"][0]
+    assert results["implanted_channels"] > 0 and results["implants_trained"] > 0
+    assert all(stderr > 0 for _, stderr in results["traces"].values())
+    assert results["reload_equal"] is True and results["tflite_max_abs_diff"] < 1e-4
+    _assert_counts_of_test_digits(results["dense_accuracy"], results["hap_accuracy"])
+    assert "implanted channels per layer" in printed
+    assert images == 1
+
+
 def test_structured_notebook_prunes_half_the_channels_into_a_smaller_faster_plain_model(tmp_path, monkeypatch):
     printed, results, images = _execute("structured", tmp_path, monkeypatch)
     # Global scope removes the fewest channels that reach the ratio: within one channel of it.

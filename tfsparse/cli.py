@@ -5,7 +5,7 @@ import importlib
 import os
 
 # Each job lives in tfsparse/jobs/<name>.py, with "-" in its name spelled "_".
-JOBS = ("csgd", "demo", "freezenet", "jackpot", "polarize", "prune-channels")
+JOBS = ("csgd", "demo", "freezenet", "hap", "jackpot", "polarize", "prune-channels")
 
 
 def run(argv=None):

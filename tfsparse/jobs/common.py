@@ -107,6 +107,11 @@ def model_row(name, model, test, tflite_path=None, samples=None, **extra):
     return row
 
 
+def layer_width(layer):
+    """Output channels of a convolution or Dense layer, else None."""
+    return getattr(layer, "filters", None) or getattr(layer, "units", None)
+
+
 def plot_accuracy_against_cost(ax, rows):
     """Draws each row's test accuracy against its MFLOPs on the matplotlib axes `ax`."""
     for row in rows:

@@ -80,8 +80,8 @@ def run(args):
 
 def _plot(dense, pruned, rows, path):
     """Channels kept per layer (left) and accuracy against FLOPs (right)."""
-    widths = [(layer.name, _width(layer)) for layer in dense.layers if _width(layer)]
-    kept = [_width(pruned.get_layer(name)) for name, _ in widths]
+    widths = [(layer.name, common.layer_width(layer)) for layer in dense.layers if common.layer_width(layer)]
+    kept = [common.layer_width(pruned.get_layer(name)) for name, _ in widths]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     positions = np.arange(len(widths))
     left.bar(positions, [w for _, w in widths], color="lightgray", label="dense")
@@ -95,8 +95,3 @@ def _plot(dense, pruned, rows, path):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _width(layer):
-    """Output channels of a convolution or Dense layer, else None."""
-    return getattr(layer, "filters", None) or getattr(layer, "units", None)

@@ -4,6 +4,7 @@ from tfsparse.methods import csgd
 from tfsparse.methods.csgd import csgd_prune
 from tfsparse.methods.finetune import finetune, recalibrate_batch_norm
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
+from tfsparse.methods.hap import hap, implant
 from tfsparse.methods.jackpot import lottery_jackpot
 from tfsparse.methods.magnitude import prune_low_magnitude
 from tfsparse.methods.polarization import polarize
@@ -14,6 +15,8 @@ __all__ = [
     "csgd_prune",
     "finetune",
     "freezenet",
+    "hap",
+    "implant",
     "lottery_jackpot",
     "polarize",
     "prune_channels",

@@ -27,7 +27,9 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
     With `scope="global"`, all groups are ranked together on scores divided
     by the mean absolute score of their group: a channel counts by how it
     compares with the rest of its layer, since the scale of a kernel that
-    BatchNormalization follows says nothing of its importance. With
+    BatchNormalization follows says nothing of its importance. Criteria
+    whose scores are on one scale across groups (`comparable`, as
+    `"hessian"`'s) are ranked as they are. With
     `scope="layer"`, every group loses the same fraction of its channels
     (within one channel). Either way the smallest number of channels that
     reaches the target is removed, so the reached value is within one
@@ -41,10 +43,11 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
         model: a built functional or Sequential `keras.Model` (tfsparse
             wrappers are stripped first).
         ratio: the fraction in [0, 1) of the `target` to remove.
-        importance: `"l1"`, `"l2"`, `"bn_scale"`, `"taylor"` or a
+        importance: `"l1"`, `"l2"`, `"bn_scale"`, `"taylor"`, `"hessian"` or a
             `tfsparse.scoring.ChannelImportance` (e.g.
             `tfsparse.scoring.Taylor(batches=8)`).
-        data: batches for criteria that take gradients (`"taylor"`): a
+        data: batches for criteria that take gradients (`"taylor"`,
+            `"hessian"`): a
             `tf.data.Dataset`, an iterable of `(x, y)` batches or one
             `(x, y)` tuple.
         scope: `"global"` or `"layer"`.
@@ -69,7 +72,7 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
             unknown `importance`, `scope` or `target`, a bad `round_to`, an
             `exclude` name that is not a layer of the model, a criterion
             that cannot score a group (`"bn_scale"` without
-            BatchNormalization, `"taylor"` without `data`), or a target that
+            BatchNormalization, `"taylor"` or `"hessian"` without `data`), or a target that
             cannot be reached under `max_layer_ratio`.
         TypeError: if `model` is not a functional or Sequential model or
             `exclude` is not a sequence of names.
@@ -81,11 +84,46 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
     (8, 16)
     """
     ratio = checks.check_fraction(ratio, "ratio")
+    if target not in TARGETS:
+        raise ValueError(f"Argument `target` must be one of {TARGETS}, received: {target!r}.")
+    model, groups, units = rank_channels(model, importance, data, scope, max_layer_ratio, round_to, exclude)
+    measures = _measures(model, groups)
+    count = shortest_prefix(units, lambda prefix: measures[target](removed_channels(prefix)), ratio, target,
+                            max_layer_ratio)
+    removed = removed_channels(units[:count])
+    if print_fn is not None:
+        reached = ", ".join(f"{measure(removed):.2%} of {name}" for name, measure in measures.items())
+        print_fn(f"prune_channels: removed {reached} (asked: {ratio:.2%} of {target}, scope {scope!r}).")
+    return remove_channels(model, {groups[i]: channels for i, channels in removed.items()})
+
+
+def rank_channels(model, importance, data=None, scope="global", max_layer_ratio=0.9, round_to=None, exclude=()):
+    """Scores the channels of a model's prunable groups and orders their removable steps, least important first.
+
+    The first part of `prune_channels` (same arguments): a prefix of the
+    returned steps is a removal that respects `max_layer_ratio`,
+    `round_to`, `exclude` and the pinned channels.
+
+    Returns:
+        `(plain model, groups, steps)`: the model with tfsparse wrappers
+        stripped, its prunable `ChannelGroup`s not excluded, and the sorted
+        steps `(key, group index, step, channels)` (see
+        `removed_channels`).
+
+    Raises:
+        ValueError, TypeError: as `prune_channels`.
+
+    Example:
+
+    >>> _, groups, steps = rank_channels(model, "l1", max_layer_ratio=0.5)
+    >>> len(steps)  # one step per channel, up to half of 16 and of 32
+    24
+    >>> sum(len(channels) for channels in removed_channels(steps[:5]).values())
+    5
+    """
     max_layer_ratio = checks.check_fraction(max_layer_ratio, "max_layer_ratio")
     if scope not in SCOPES:
         raise ValueError(f"Argument `scope` must be one of {SCOPES}, received: {scope!r}.")
-    if target not in TARGETS:
-        raise ValueError(f"Argument `target` must be one of {TARGETS}, received: {target!r}.")
     round_to = 1 if round_to is None else checks.check_positive_int(round_to, "round_to")
     criterion = channel_criteria.get(importance)
     model = plain_model(model)
@@ -93,14 +131,10 @@ def prune_channels(model, ratio, importance="l1", data=None, scope="global", max
     groups = [g for g in dependency_groups(model)
               if g.prunable and not excluded & {*g.producers, *g.members}]
     scores = criterion(model, groups, data) if groups else []
+    normalize = scope == "global" and not criterion.comparable
     units = sorted(u for i, (group, s) in enumerate(zip(groups, scores))
-                   for u in _units(i, group, s, scope, max_layer_ratio, round_to))
-    measures = _measures(model, groups)
-    removed = _removed(units[:_shortest_prefix(units, measures[target], ratio, target, max_layer_ratio)])
-    if print_fn is not None:
-        reached = ", ".join(f"{measure(removed):.2%} of {name}" for name, measure in measures.items())
-        print_fn(f"prune_channels: removed {reached} (asked: {ratio:.2%} of {target}, scope {scope!r}).")
-    return remove_channels(model, {groups[i]: channels for i, channels in removed.items()})
+                   for u in _units(i, group, s, scope, max_layer_ratio, round_to, normalize))
+    return model, groups, units
 
 
 def layer_scope_counts(groups, ratio, max_layer_ratio=0.9, round_to=1):
@@ -119,8 +153,10 @@ def layer_scope_counts(groups, ratio, max_layer_ratio=0.9, round_to=1):
         ValueError: if `ratio` cannot be reached under `max_layer_ratio`.
     """
     units = sorted(u for i, group in enumerate(groups)
-                   for u in _units(i, group, np.zeros(group.size), "layer", max_layer_ratio, round_to))
-    removed = _removed(units[:_shortest_prefix(units, _channel_share(groups), ratio, "channels", max_layer_ratio)])
+                   for u in _units(i, group, np.zeros(group.size), "layer", max_layer_ratio, round_to, False))
+    share = _channel_share(groups)
+    count = shortest_prefix(units, lambda prefix: share(removed_channels(prefix)), ratio, "channels", max_layer_ratio)
+    removed = removed_channels(units[:count])
     return [len(removed.get(i, ())) for i in range(len(groups))]
 
 
@@ -135,18 +171,19 @@ def _excluded(model, exclude):
     return set(exclude)
 
 
-def _units(index, group, scores, scope, max_layer_ratio, round_to):
+def _units(index, group, scores, scope, max_layer_ratio, round_to, normalize):
     """The removable steps of one group, lowest scores first: `(key, group index, step, channels)`.
 
     A step takes the group from one allowed width to the next narrower one
     (one channel, or down to the next multiple of `round_to`). Its key
-    orders all steps: the group-normalized score of its most important
-    channel (global scope) or the group's removed fraction after it (layer
-    scope); within a group keys never decrease.
+    orders all steps: the score of its most important channel, divided by
+    the group's mean absolute score if `normalize` (global scope), or the
+    group's removed fraction after it (layer scope); within a group keys
+    never decrease.
     """
     scores = np.asarray(scores, dtype=np.float64)
     scale = np.mean(np.abs(scores))
-    normalized = scores / scale if scale > 0 else scores
+    normalized = scores / scale if normalize and scale > 0 else scores
     free = [int(c) for c in np.argsort(scores, kind="stable") if c not in group.pinned]
     limit = min(len(free), math.floor(max_layer_ratio * group.size + _TOLERANCE), group.size - 1)
     ends = [k for k in range(1, limit + 1) if (group.size - k) % round_to == 0]
@@ -157,8 +194,8 @@ def _units(index, group, scores, scope, max_layer_ratio, round_to):
     return units
 
 
-def _removed(units):
-    """`{group index: sorted channels}` removed by a prefix of the sorted units."""
+def removed_channels(units):
+    """Returns `{group index: sorted channels}` removed by a prefix of the steps of `rank_channels`."""
     removed = {}
     for _, index, _, channels in units:
         removed.setdefault(index, []).extend(channels)
@@ -185,15 +222,22 @@ def _channel_share(groups):
     return lambda removed: sum(map(len, removed.values())) / total if total else 0.0
 
 
-def _shortest_prefix(units, measure, ratio, target, max_layer_ratio):
-    """The fewest sorted units whose removal reaches `ratio` of the target (the measure only grows).
+def shortest_prefix(units, measure, ratio, target, max_layer_ratio):
+    """Returns the fewest sorted steps whose removal reaches `ratio` of the target.
+
+    Args:
+        units: the steps of `rank_channels`.
+        measure: `measure(prefix of units)` -> the fraction of the target
+            removed; it must not decrease as the prefix grows.
+        ratio: the fraction to reach.
+        target, max_layer_ratio: named in the error.
 
     Raises:
         ValueError: if removing every unit does not reach it.
     """
     if ratio == 0:
         return 0
-    reachable = measure(_removed(units))
+    reachable = measure(units)
     if reachable < ratio - _TOLERANCE:
         raise ValueError(
             f"Argument `ratio`={ratio} of {target} cannot be reached: at most {reachable:.2%} of the {target} "
@@ -203,7 +247,7 @@ def _shortest_prefix(units, measure, ratio, target, max_layer_ratio):
     low, high = 0, len(units)  # measure(low) < ratio <= measure(high)
     while high - low > 1:
         middle = (low + high) // 2
-        if measure(_removed(units[:middle])) >= ratio - _TOLERANCE:
+        if measure(units[:middle]) >= ratio - _TOLERANCE:
             high = middle
         else:
             low = middle

@@ -43,6 +43,8 @@ class ChannelImportance(abc.ABC):
     """
 
     roles = PRODUCER_AND_MEMBER
+    # Whether scores of different groups are on one scale (global ranking takes them as they are).
+    comparable = False
 
     def __call__(self, model, groups, data=None):
         """Returns one score array per group (float64, one score per group channel).

@@ -100,6 +100,37 @@ def mean_gradients(model, variables, data, batches=1, loss=None):
 
 def _gradient_step(model, variables, loss_fn):
     """Returns `step(x, y, sample_weight)` -> gradients of the batch's mean loss, summed over the replicas."""
+    return replica_step(model, variables, loss_fn, _gradients, training=True)
+
+
+def _gradients(loss_of, values):
+    """The gradient of `loss_of(values)` with respect to `values`."""
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        value = loss_of(values)
+    return tape.gradient(value, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def replica_step(model, variables, loss_fn, compute, training):
+    """Returns a `tf.function` `step(x, y, sample_weight, *args)` computing `compute` on each replica, summed.
+
+    Each replica reads its part of the batch (see `_replica_part`) and
+    calls `compute(loss_of, values, *args)`, where `values` are tensors of
+    the current values of `variables` and `loss_of(values)` is the
+    replica's share of the batch's mean loss (so that the shares of all
+    replicas add up to it) with `values` in place of `variables`.
+    `compute` returns a list of tensors; the step returns their sums over
+    the replicas. The model's variables are never assigned.
+
+    Args:
+        model: a built Keras model.
+        variables: variables of `model` (trainable or not).
+        loss_fn: a loss from `_get_loss`.
+        compute: `compute(loss_of, values, *args) -> list of tensors`, linear
+            in the loss (a gradient, a Hessian-vector product, ...).
+        training: the mode of the forward pass (BatchNormalization,
+            Dropout).
+    """
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)
     slots = {id(v): (0, i) for i, v in enumerate(trainable)}
@@ -107,23 +138,25 @@ def _gradient_step(model, variables, loss_fn):
     wanted = [slots[id(v)] for v in variables]
     strategy = tf.distribute.get_strategy()
 
-    def replica_gradients(x, y, sample_weight, batch_size):
+    def replica_compute(x, y, sample_weight, batch_size, *args):
         # Tensors, not variables: each replica reads its own copy.
         state = [[tf.convert_to_tensor(v) for v in trainable], [tf.convert_to_tensor(v) for v in non_trainable]]
-        with tf.GradientTape() as tape:
-            watched = [state[kind][i] for kind, i in wanted]
-            tape.watch(watched)
-            y_pred, _ = model.stateless_call(state[0], state[1], x, training=True)
-            value = loss_fn(y, y_pred, sample_weight, batch_size)
-        return tape.gradient(value, watched)
+
+        def loss_of(values):
+            for (kind, i), value in zip(wanted, values):
+                state[kind][i] = value
+            y_pred, _ = model.stateless_call(state[0], state[1], x, training=training)
+            return loss_fn(y, y_pred, sample_weight, batch_size)
+
+        return compute(loss_of, [state[kind][i] for kind, i in wanted], *args)
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, sample_weight):
+    def step(x, y, sample_weight, *args):
         size = tf.shape(tf.nest.flatten(x)[0])[0]
         parts = strategy.experimental_distribute_values_from_function(
             lambda context: _replica_part((x, y, sample_weight), context))
-        grads = strategy.run(lambda part: replica_gradients(*part, size), args=(parts,))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        results = strategy.run(lambda part: replica_compute(*part, size, *args), args=(parts,))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
 
     return step
 

@@ -74,11 +74,41 @@ def replace_layer(model, layer_name, build_fn):
     >>> bool(np.allclose(new(x), model(x)))  # a zero implant keeps the function
     True
     """
+    return replace_layers(model, {layer_name: build_fn})
+
+
+def replace_layers(model, build_fns):
+    """Returns a copy of `model` with several layers replaced, in one pass: `replace_layer` for each.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`.
+        build_fns: `{layer name: build_fn}`, each as for `replace_layer`.
+
+    Returns:
+        A new, uncompiled functional `keras.Model`.
+
+    Raises:
+        TypeError, ValueError: as `replace_layer` (naming `layer_name` for
+            a bad key).
+
+    Example:
+
+    >>> new = tfsparse.surgery.replace_layers(model, {name: tfsparse.surgery.copy_layer for name in ("conv2", "conv3")})
+    >>> bool(np.allclose(new(x), model(x)))
+    True
+    """
     view = graph_view(checked_model(model))
-    target = _layer(view, layer_name, "layer_name")
-    if not callable(build_fn):
-        raise TypeError(f"Argument `build_fn` must be callable, received: {build_fn!r}.")
-    replacement = build_fn(target)
+    replace = {}
+    for layer_name, build_fn in build_fns.items():
+        target = _layer(view, layer_name, "layer_name")
+        if not callable(build_fn):
+            raise TypeError(f"Argument `build_fn` must be callable, received: {build_fn!r}.")
+        replace[id(target)] = _checked_replacement(target, build_fn(target), layer_name)
+    return _clone_calls(view, replace)
+
+
+def _checked_replacement(target, replacement, layer_name):
+    """`replacement` as a call that checks it returns the shapes `target` returns."""
     if not callable(replacement):
         raise TypeError(
             f"Argument `build_fn` must return a layer or a function of the layer's inputs, "
@@ -96,7 +126,7 @@ def replace_layer(model, layer_name, build_fn):
             )
         return outputs
 
-    return _clone_calls(view, {id(target): call})
+    return call
 
 
 def remove_blocks(model, merge_names):
