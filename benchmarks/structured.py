@@ -20,8 +20,12 @@ is evaluated on the full 10,000-image test set:
 Each row records accuracy, parameters and FLOPs (`tfsparse.summary`) and
 LiteRT batch-1 latency (`tfsparse.export.tflite`, median of 20 runs, one
 thread); the goals of the structured core are checked on the 50% rows.
-Structured methods built on the core (HAP, C-SGD, polarization) add entries
-to `METHODS`.
+The structured methods built on the core are rows of the same table:
+`hap+implants/params` and `hap/params` (`tfsparse.hap`, the ratio counted
+in parameters, with and without implants, against `l1/params` and
+`taylor/params`), `csgd/layer` (C-SGD from the dense model for the
+fine-tuning epochs, then the exact trim) and `polarization` (gates trained
+from a fresh model for the same total epochs, then stripped).
 
     python benchmarks/structured.py [--models resnet20 vgg] [--methods l1/global bn_scale/layer ...]
         [--ratios 0.3 0.5 0.7] [--epochs 6] [--finetune-epochs 3] [--finetune-lr 0.01]
@@ -63,33 +67,77 @@ class Context:
 
     train: tf.data.Dataset
     test: tf.data.Dataset
-    dense: object
+    dense: keras.Model
+    build: object
     epochs: int
     finetune_epochs: int
     finetune_lr: float
     seed: int
 
 
-def criterion_method(importance, scope):
+def criterion_method(importance, scope, target="channels", max_layer_ratio=0.9):
     """A method: `prune_channels` with one criterion and scope, then the fine-tuning recipe."""
 
     def run(context, ratio):
         pruned = ts.prune_channels(context.dense, ratio, importance=importance, data=context.train, scope=scope,
-                                   print_fn=None)
-        ts.recalibrate_batch_norm(pruned, context.train)
-        before = evaluate(pruned, context.test)
-        ts.finetune(pruned, context.train, context.finetune_epochs, learning_rate=context.finetune_lr, verbose=0)
-        return pruned, {"before_finetuning": before}
+                                   target=target, max_layer_ratio=max_layer_ratio, print_fn=None)
+        return pruned, fine_tuned(pruned, context)
 
     return run
+
+
+def hap_method(implant_fraction, samples=32, batches=4):
+    """A method: `tfsparse.hap` (that fraction of the parameters removed, implants counted), then fine-tuning."""
+
+    def run(context, ratio):
+        pruned = ts.hap(context.dense, ratio, context.train, implant_fraction=implant_fraction, samples=samples,
+                        batches=batches, target="params", seed=context.seed, verbose=0, print_fn=None)
+        implanted = sum(layer.filters for layer in pruned.layers if layer.name.endswith("_implant"))
+        return pruned, {**fine_tuned(pruned, context), "implanted_channels": implanted}
+
+    return run
+
+
+def csgd_method(context, ratio):
+    """C-SGD from the trained dense model: `ratio` of each group's channels clustered away in the fine-tuning epochs."""
+    model = keras.models.clone_model(context.dense)
+    model.set_weights(context.dense.get_weights())
+    trimmed, _ = ts.csgd_prune(model, ratio, context.train, context.finetune_epochs, seed=context.seed)
+    logits = [(model(x, training=False), trimmed(x, training=False)) for x, _ in context.test.take(4)]
+    return trimmed, {"max_logit_diff": max(float(np.max(np.abs(a - b))) for a, b in logits)}
+
+
+def polarization_method(context, ratio):
+    """Polarization in one pass from a fresh model, trained for the same total epochs as every other method."""
+    keras.utils.set_random_seed(context.seed)
+    epochs = context.epochs + context.finetune_epochs
+    gated = ts.polarize(context.build(), ratio, steps=epochs * int(context.train.cardinality()), logit_scale=10.0)
+    ts.finetune(gated, context.train, epochs, learning_rate=TRAIN_LR, calibration_batches=0, verbose=0)
+    statistics = ts.callbacks.gate_statistics(gated)
+    stripped = ts.strip(gated)
+    ts.recalibrate_batch_norm(stripped, context.train)
+    return stripped, {"removed_channels": 1 - statistics["gates_open"], "polarized": statistics["gates_polarized"]}
+
+
+def fine_tuned(pruned, context):
+    """Recomputes `pruned`'s BatchNorm statistics, fine-tunes it; returns its accuracy before fine-tuning."""
+    ts.recalibrate_batch_norm(pruned, context.train)
+    before = evaluate(pruned, context.test)
+    ts.finetune(pruned, context.train, context.finetune_epochs, learning_rate=context.finetune_lr, verbose=0)
+    return {"before_finetuning": before}
 
 
 # Taylor scores average the gradient over 10 batches (1,280 images).
 CRITERIA = {"l1": "l1", "l2": "l2", "bn_scale": "bn_scale", "taylor": ts.scoring.Taylor(batches=10)}
 METHODS = {
-    f"{name}/{scope}": criterion_method(importance, scope)
-    for name, importance in CRITERIA.items()
-    for scope in ("global", "layer")
+    **{f"{name}/{scope}": criterion_method(importance, scope)
+       for name, importance in CRITERIA.items() for scope in ("global", "layer")},
+    # HAP's comparison: that fraction of the parameters removed, under HAP's layer limit.
+    **{f"{name}/params": criterion_method(CRITERIA[name], "global", "params", 0.95) for name in ("l1", "taylor")},
+    "hap+implants/params": hap_method(0.1),
+    "hap/params": hap_method(0.0),
+    "csgd/layer": csgd_method,
+    "polarization": polarization_method,
 }
 
 
@@ -134,7 +182,7 @@ def run_model(name, args, seed):
     same_total, seconds = trained(total_epochs)
     rows.append(measure(same_total, test, samples, method="dense, same total", epochs=total_epochs, seconds=seconds))
     print(f"[{name} seed {seed}] dense {rows[0]['accuracy']:.4f}, same total {rows[1]['accuracy']:.4f}", flush=True)
-    context = Context(train, test, dense, args.epochs, args.finetune_epochs, args.finetune_lr, seed)
+    context = Context(train, test, dense, MODELS[name], args.epochs, args.finetune_epochs, args.finetune_lr, seed)
     for method in args.methods:
         for ratio in args.ratios:
             started = time.perf_counter()
