@@ -1,5 +1,6 @@
 """Removing tfsparse wrappers: a plain Keras model with the effective weights, without closed channels."""
 
+from tfsparse.checks import check_model
 from tfsparse.layers.gate import gate_sets
 from tfsparse.surgery.graph import dependency_groups
 from tfsparse.surgery.remove import remove_channels
@@ -32,6 +33,7 @@ def strip(model):
     >>> float(np.mean(plain.get_layer("conv2").kernel.numpy() == 0))
     0.5
     """
+    check_model(model)
     closed = {}
     for leader, _ in gate_sets(model).values():
         closed.update({producers: channels for producers, channels in leader.closed_channels().items() if channels})
