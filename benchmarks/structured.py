@@ -29,9 +29,11 @@ from a fresh model for the same total epochs, then stripped).
 
     python benchmarks/structured.py [--models resnet20 vgg] [--methods l1/global bn_scale/layer ...]
         [--ratios 0.3 0.5 0.7] [--epochs 6] [--finetune-epochs 3] [--finetune-lr 0.01]
-        [--train-examples 10000] [--seeds 0] [--scratch]
+        [--train-examples 10000] [--seeds 0] [--scratch] [--cache DIR]
 
-Writes benchmarks/results/structured_<models>.json and .png.
+Writes benchmarks/results/structured_<models>.json after every row (an
+interrupted run keeps what it measured) and the plot at the end. With
+`--cache DIR`, the dense models are trained once and reused by later runs.
 """
 
 import argparse
@@ -155,51 +157,65 @@ def evaluate(model, test):
     return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
 
 
-def measure(model, test, samples, **extra):
-    """Accuracy, parameters, FLOPs and LiteRT batch-1 latency of `model`, with `extra` fields."""
-    total = ts.summary(model, print_fn=None).total
+def measure(network, test, samples, **extra):
+    """Accuracy, parameters, FLOPs and LiteRT batch-1 latency of `network`, with `extra` fields."""
+    total = ts.summary(network, print_fn=None).total
     with tempfile.TemporaryDirectory() as folder:
-        report = ts.export.tflite(model, os.path.join(folder, "model.tflite"), sample_inputs=samples)
-    return {"accuracy": evaluate(model, test), "parameters": int(total["parameters"]), "flops": int(total["flops"]),
+        report = ts.export.tflite(network, os.path.join(folder, "model.tflite"), sample_inputs=samples)
+    return {"accuracy": evaluate(network, test), "parameters": int(total["parameters"]), "flops": int(total["flops"]),
             "litert_ms": report.litert_latency_ms, **extra}
 
 
-def run_model(name, args, seed):
-    """All rows of one model and seed."""
+def run_model(name, args, seed, report):
+    """All rows of one model and seed; `report(rows)` is called after each new row."""
     train, test = training_subset(args.train_examples, seed), ts.data.load("fashion_mnist", "test", BATCH)
     samples = np.asarray(next(iter(test))[0][:8])
     total_epochs = args.epochs + args.finetune_epochs
+    rows = []
+
+    def add(model, **fields):
+        row = measure(model, test, samples, model=name, seed=seed, **fields)
+        row.update(flops_ratio=(rows or [row])[0]["flops"] / row["flops"],
+                   litert_speedup=(rows or [row])[0]["litert_ms"] / row["litert_ms"])
+        rows.append(row)
+        report(rows)
+        return row
 
     def trained(epochs, model=None):
         keras.utils.set_random_seed(seed)
         model = model or MODELS[name]()
+        path = args.cache and os.path.join(args.cache, f"structured_{name}_{args.train_examples}_{epochs}epochs_seed"
+                                                       f"{seed}.weights.h5")
         started = time.perf_counter()
-        ts.finetune(model, train, epochs, learning_rate=TRAIN_LR, verbose=0)
+        if path and os.path.exists(path):
+            model.load_weights(path)
+        else:
+            ts.finetune(model, train, epochs, learning_rate=TRAIN_LR, verbose=0)
+            if path:
+                os.makedirs(args.cache, exist_ok=True)
+                model.save_weights(path)
         return model, time.perf_counter() - started
 
     dense, seconds = trained(args.epochs)
-    rows = [measure(dense, test, samples, method="dense", epochs=args.epochs, seconds=seconds)]
+    add(dense, method="dense", epochs=args.epochs, seconds=seconds)
     same_total, seconds = trained(total_epochs)
-    rows.append(measure(same_total, test, samples, method="dense, same total", epochs=total_epochs, seconds=seconds))
+    add(same_total, method="dense, same total", epochs=total_epochs, seconds=seconds)
     print(f"[{name} seed {seed}] dense {rows[0]['accuracy']:.4f}, same total {rows[1]['accuracy']:.4f}", flush=True)
     context = Context(train, test, dense, MODELS[name], args.epochs, args.finetune_epochs, args.finetune_lr, seed)
     for method in args.methods:
         for ratio in args.ratios:
             started = time.perf_counter()
             pruned, extra = METHODS[method](context, ratio)
-            row = measure(pruned, test, samples, method=method, ratio=ratio, epochs=total_epochs,
-                          seconds=time.perf_counter() - started, **extra)
-            rows.append(row)
-            message = f"[{name} seed {seed}] {method} {ratio:.0%}: {row['accuracy']:.4f}"
+            row = add(pruned, method=method, ratio=ratio, epochs=total_epochs, seconds=time.perf_counter() - started,
+                      **extra)
+            message = (f"[{name} seed {seed}] {method} {ratio:.0%}: {row['accuracy']:.4f}, "
+                       f"FLOPs / {row['flops_ratio']:.2f}")
             if args.scratch:
                 scratch, seconds = trained(total_epochs, ts.reinitialize(pruned, seed))
-                rows.append(measure(scratch, test, samples, method=f"{method} widths, scratch", ratio=ratio,
-                                    epochs=total_epochs, seconds=seconds))
-                message += f", same widths from scratch {rows[-1]['accuracy']:.4f}"
+                row = add(scratch, method=f"{method} widths, scratch", ratio=ratio, epochs=total_epochs,
+                          seconds=seconds)
+                message += f", same widths from scratch {row['accuracy']:.4f}"
             print(message, flush=True)
-    for row in rows:
-        row.update(model=name, seed=seed, flops_ratio=rows[0]["flops"] / row["flops"],
-                   litert_speedup=rows[0]["litert_ms"] / row["litert_ms"])
     return rows
 
 
@@ -263,16 +279,25 @@ def main():
     parser.add_argument("--train-examples", type=int, default=10000)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--scratch", action="store_true", help="also train every pruned architecture from scratch")
+    parser.add_argument("--cache", help="directory to keep the dense models' weights in and reuse them from")
     args = parser.parse_args()
     started = time.time()
-    rows = [row for name in args.models for seed in args.seeds for row in run_model(name, args, seed)]
     stem = f"structured_{'_'.join(args.models)}"
-    path = write_json(stem, {
-        "settings": {**vars(args), "batch": BATCH, "train_lr": TRAIN_LR,
-                     "recipe": "tfsparse.finetune: SGD nesterov 0.9, cosine, weight decay 5e-4, BN recalibrated"},
-        "machine": machine(), "minutes": (time.time() - started) / 60, "rows": rows, "goals": goals(rows),
-    })
-    plot(rows, RESULTS / f"{stem}.png")
+    settings = {**vars(args), "batch": BATCH, "train_lr": TRAIN_LR,
+                "recipe": "tfsparse.finetune: SGD nesterov 0.9, cosine, weight decay 5e-4, BN recalibrated"}
+    finished = []
+
+    def report(rows):
+        """Writes what is measured so far: an interrupted run keeps its rows."""
+        everything = finished + rows
+        return write_json(stem, {"settings": settings, "machine": machine(), "minutes": (time.time() - started) / 60,
+                                 "rows": everything, "goals": goals(everything)})
+
+    for name in args.models:
+        for seed in args.seeds:
+            finished += run_model(name, args, seed, report)
+    path = report([])
+    plot(finished, RESULTS / f"{stem}.png")
     print(f"Wrote {path} and {stem}.png")
 
 
