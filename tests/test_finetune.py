@@ -73,7 +73,7 @@ def test_finetune_decays_the_learning_rate_to_zero_and_ends_with_recalibrated_st
     [
         ({"epochs": 0}, "`epochs` must be a positive integer, received: 0"),
         ({"learning_rate": 0}, "`learning_rate` must be a positive number, received: 0"),
-        ({"weight_decay": -1e-4}, "`weight_decay` must be a positive number, received: -0.0001"),
+        ({"weight_decay": -1e-4}, "`weight_decay` must be a number >= 0, received: -0.0001"),
         ({"calibration_batches": 1.5}, "`calibration_batches` must be an integer >= 0, received: 1.5"),
     ],
 )

@@ -6,6 +6,9 @@ the dense model, the same widths trained from scratch) trains with
 long or how well they train.
 """
 
+import math
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -69,13 +72,13 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
     """
     epochs = checks.check_positive_int(epochs, "epochs")
     learning_rate = checks.check_positive_number(learning_rate, "learning_rate")
-    if weight_decay != 0:
-        weight_decay = checks.check_positive_number(weight_decay, "weight_decay")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f"Argument `weight_decay` must be a number >= 0, received: {weight_decay!r}.")
     calibration_batches = checks.check_non_negative_int(calibration_batches, "calibration_batches")
     steps = _steps_per_epoch(data) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=MOMENTUM, nesterov=True,
-                                     weight_decay=weight_decay or None)
+                                     weight_decay=float(weight_decay) or None)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
                   jit_compile=jit_compile)
     # `data` brings its own order: Keras' `shuffle` does not apply to a Dataset.
