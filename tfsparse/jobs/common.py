@@ -7,6 +7,7 @@ import sys
 import keras
 
 from tfsparse import data, export, models
+from tfsparse.methods.finetune import finetune
 from tfsparse.model_summary import summary
 
 MODELS = {
@@ -68,6 +69,23 @@ def build_model(args, input_shape, num_classes):
     """Builds the chosen reference model with weights drawn from `args.seed`."""
     keras.utils.set_random_seed(args.seed)
     return MODELS[args.model](input_shape, num_classes)
+
+
+def trained_dense_model(args, train, input_shape, num_classes):
+    """The model a structured job starts from: `--weights` loaded, or trained `--epochs` at `--lr`.
+
+    Training uses the shared recipe (`tfsparse.finetune`); the trained
+    weights are saved as `dense.weights.h5` in the output directory.
+    """
+    dense = build_model(args, input_shape, num_classes)
+    if args.weights:
+        print(f"\n1/3 Loading trained weights of {args.model} from {args.weights}")
+        dense.load_weights(args.weights)
+        return compile_model(dense)
+    print(f"\n1/3 Training dense {args.model} on {args.data} for {args.epochs} epochs")
+    finetune(dense, train, args.epochs, learning_rate=args.lr, verbose=fit_verbosity())
+    dense.save_weights(args.out / "dense.weights.h5")
+    return dense
 
 
 def compile_model(model, learning_rate=1e-3):

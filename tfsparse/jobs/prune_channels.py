@@ -36,15 +36,7 @@ def run(args):
     checks.check_fraction(args.ratio, "ratio")
     out = common.output_dir(args)
     train, test, shape, classes = common.load_data(args)
-    dense = common.build_model(args, shape, classes)
-    if args.weights:
-        print(f"\n1/3 Loading trained weights of {args.model} from {args.weights}")
-        dense.load_weights(args.weights)
-        common.compile_model(dense)
-    else:
-        print(f"\n1/3 Training dense {args.model} on {args.data} for {args.epochs} epochs")
-        finetune(dense, train, args.epochs, learning_rate=args.lr, verbose=common.fit_verbosity())
-        dense.save_weights(out / "dense.weights.h5")
+    dense = common.trained_dense_model(args, train, shape, classes)
 
     print(f"\n2/3 Removing {args.ratio:.0%} of the {args.target} ({args.importance}, {args.scope} scope), "
           f"then fine-tuning for {args.finetune_epochs} epochs")
