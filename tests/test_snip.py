@@ -133,3 +133,16 @@ def test_bad_arguments_are_named():
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Flatten()])
     with pytest.raises(ValueError, match="no prunable weight"):
         ts.scoring.snip_saliency(plain, (np.ones((2, 3)), np.zeros(2)))
+
+
+def test_scoring_refuses_an_empty_batch_and_data_that_gives_nan_gradients():
+    model = ts.models.lenet_300_100((8, 8, 1))
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype("float32")
+    y = np.arange(16) % 10
+    with pytest.raises(ValueError, match="gave an empty batch \\(batch 1\\)"):
+        ts.scoring.snip_saliency(model, (x[:0], y[:0]))
+    x[3, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="gradient over batch 1 of `data` is not finite"):
+        ts.snip(model, 0.9, (x, y))
+    with pytest.raises(ValueError, match="not finite"):
+        ts.freezenet(model, 0.9, (x, y), seed=1)

@@ -35,7 +35,8 @@ def snip_saliency(model, data, batches=1, loss=None):
         shaped like the weights (see `tfsparse.walk.prunable_weights` for the paths).
 
     Raises:
-        ValueError: for a bad `batches`, too little data, or a model without
+        ValueError: for a bad `batches`, too little data, an empty batch, a
+            gradient that is not finite (NaN inputs, say), or a model without
             prunable weights.
         TypeError: for a bad `data` or `loss`.
 
@@ -77,7 +78,8 @@ def mean_gradients(model, variables, data, batches=1, loss=None):
         A list of float tensors, one per variable, shaped like it.
 
     Raises:
-        ValueError: for a bad `batches` or too little data.
+        ValueError: for a bad `batches`, too little data, an empty batch,
+            or a gradient that is not finite (NaN inputs, say).
         TypeError: for a bad `data` or `loss`.
 
     Example:
@@ -91,7 +93,15 @@ def mean_gradients(model, variables, data, batches=1, loss=None):
     progress = keras.utils.Progbar(batches, unit_name="batch") if batches >= PROGRESS_MIN_BATCHES else None
     total = None
     for count, batch in enumerate(_batches(data, batches), start=1):
-        grads = step(*keras.utils.unpack_x_y_sample_weight(batch))
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        if not tf.nest.flatten(x) or int(tf.shape(tf.nest.flatten(x)[0])[0]) == 0:
+            raise ValueError(f"Argument `data` gave an empty batch (batch {count}): scores need examples.")
+        grads = step(x, y, sample_weight)
+        if not all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads):
+            raise ValueError(
+                f"The gradient over batch {count} of `data` is not finite (NaN or infinity): check its inputs "
+                f"and labels for NaN or infinite values, or the model for overflow."
+            )
         total = grads if total is None else [t + g for t, g in zip(total, grads)]
         if progress is not None:
             progress.update(count)
