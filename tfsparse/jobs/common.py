@@ -5,10 +5,15 @@ import pathlib
 import sys
 
 import keras
+import matplotlib
 
-from tfsparse import data, export, models
-from tfsparse.methods.finetune import finetune
-from tfsparse.model_summary import summary
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tfsparse import data, export, models  # noqa: E402
+from tfsparse.methods.finetune import finetune  # noqa: E402
+from tfsparse.methods.structured import TARGETS  # noqa: E402
+from tfsparse.model_summary import summary  # noqa: E402
 
 MODELS = {
     "lenet_300_100": models.lenet_300_100,
@@ -69,6 +74,26 @@ def build_model(args, input_shape, num_classes):
     """Builds the chosen reference model with weights drawn from `args.seed`."""
     keras.utils.set_random_seed(args.seed)
     return MODELS[args.model](input_shape, num_classes)
+
+
+def add_structured_arguments(parser, target):
+    """Adds what the structured jobs share: the common arguments, --ratio, --target, --weights, epochs and rates."""
+    add_common_arguments(parser, epochs=10, model="resnet20")
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of --target to remove, in [0, 1)")
+    parser.add_argument("--target", default=target, choices=TARGETS, help="what --ratio counts")
+    parser.add_argument("--finetune-epochs", type=positive_int, default=5, help="fine-tuning epochs after pruning")
+    parser.add_argument("--weights", default=None,
+                        help="trained weights of --model (.weights.h5); trains the dense model first when omitted")
+    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of dense training")
+    parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of fine-tuning")
+
+
+def save_figure(fig, path):
+    """Writes a matplotlib figure to `path`, closes it and returns the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def trained_dense_model(args, train, input_shape, num_classes):

@@ -95,7 +95,4 @@ def _plot(monitor, rows, path):
     left.set_ylabel("largest distance to the kept channel")
     left.set_title("The clusters collapse (BatchNorm statistics included)")
     common.plot_accuracy_against_cost(right, rows)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

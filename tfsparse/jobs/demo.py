@@ -97,7 +97,4 @@ def _plot(dense, pruned, sparsity, path):
     more = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower left")
     ax.set_title("Dense training, then magnitude pruning with model.fit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

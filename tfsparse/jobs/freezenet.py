@@ -98,7 +98,4 @@ def _plot(rows, args, path):
     ax.set_ylim(0, 1)
     ax.legend(loc="lower left")
     ax.set_title(f"{args.model} on {args.data}: frozen random weights (FreezeNet) vs zeros (SNIP)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

@@ -10,28 +10,20 @@ from tfsparse import checks  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods.finetune import finetune, recalibrate_batch_norm  # noqa: E402
 from tfsparse.methods.hap import IMPLANT_SUFFIX, hap  # noqa: E402
-from tfsparse.methods.structured import TARGETS, prune_channels  # noqa: E402
+from tfsparse.methods.structured import prune_channels  # noqa: E402
 from tfsparse.scoring.hessian import hessian_trace  # noqa: E402
 
 HELP = "prune a trained model by Hessian sensitivity with 1x1 neural implants (HAP), fine-tune, compare"
 
 
 def add_arguments(parser):
-    common.add_common_arguments(parser, epochs=10, model="resnet20")
-    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of --target to remove, in [0, 1)")
-    parser.add_argument("--target", default="params", choices=TARGETS, help="what --ratio counts (implants counted)")
+    common.add_structured_arguments(parser, target="params")
     parser.add_argument("--implant-fraction", type=float, default=0.1,
                         help="fraction of the selected channels implanted rather than removed, in [0, 1]")
     parser.add_argument("--samples", type=common.positive_int, default=32,
                         help="Rademacher vectors of the Hessian trace estimates")
     parser.add_argument("--hessian-batches", type=common.positive_int, default=2,
                         help="training batches the Hessian is taken on")
-    parser.add_argument("--finetune-epochs", type=common.positive_int, default=5,
-                        help="fine-tuning epochs after pruning")
-    parser.add_argument("--weights", default=None,
-                        help="trained weights of --model (.weights.h5); trains the dense model first when omitted")
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of dense training")
-    parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of fine-tuning")
     parser.add_argument("--compare", action="store_true",
                         help="also prune to the same target without implants and by L1 norm, fine-tuned alike")
 
@@ -111,7 +103,4 @@ def _plot(dense, pruned, traces, path):
     right.set_ylabel("channels")
     right.legend()
     right.set_title("Channels kept per layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

@@ -104,7 +104,4 @@ def _plot(start, accuracies, dense_accuracy, path):
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     ax.set_title("Lottery Jackpot search over frozen pre-trained weights")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

@@ -10,24 +10,17 @@ from tfsparse import checks  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods.finetune import finetune, recalibrate_batch_norm  # noqa: E402
 from tfsparse.methods.freezenet import reinitialize  # noqa: E402
-from tfsparse.methods.structured import SCOPES, TARGETS, prune_channels  # noqa: E402
+from tfsparse.methods.structured import SCOPES, prune_channels  # noqa: E402
 from tfsparse.scoring.channel_criteria import CRITERIA  # noqa: E402
 
 HELP = "remove the least important channels of a trained model, fine-tune it, compare accuracy, FLOPs and latency"
 
 
 def add_arguments(parser):
-    common.add_common_arguments(parser, epochs=10, model="resnet20")
-    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of --target to remove, in [0, 1)")
+    common.add_structured_arguments(parser, target="channels")
     parser.add_argument("--importance", default="l1", choices=sorted(CRITERIA), help="channel importance criterion")
     parser.add_argument("--scope", default="global", choices=SCOPES,
                         help="rank channels across all layers (global) or remove --ratio of each layer")
-    parser.add_argument("--target", default="channels", choices=TARGETS, help="what --ratio counts")
-    parser.add_argument("--finetune-epochs", type=common.positive_int, default=5, help="fine-tuning epochs after pruning")
-    parser.add_argument("--weights", default=None,
-                        help="trained weights of --model (.weights.h5); trains the dense model first when omitted")
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of dense training")
-    parser.add_argument("--finetune-lr", type=float, default=0.01, help="initial learning rate of fine-tuning")
     parser.add_argument("--scratch", action="store_true",
                         help="also train the pruned widths from scratch for --epochs + --finetune-epochs")
 
@@ -83,7 +76,4 @@ def _plot(dense, pruned, rows, path):
     left.legend()
     left.set_title("Channels kept per layer")
     common.plot_accuracy_against_cost(right, rows)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
