@@ -29,9 +29,9 @@ from a fresh model for the same total epochs, then stripped).
 
     python benchmarks/structured.py [--models resnet20 vgg] [--methods l1/global bn_scale/layer ...]
         [--ratios 0.3 0.5 0.7] [--epochs 6] [--finetune-epochs 3] [--finetune-lr 0.01]
-        [--train-examples 10000] [--seeds 0] [--scratch] [--cache DIR]
+        [--train-examples 10000] [--seeds 0] [--scratch] [--cache DIR] [--output NAME]
 
-Writes benchmarks/results/structured_<models>.json after every row (an
+Writes benchmarks/results/structured_<models>.json (or NAME.json) after every row (an
 interrupted run keeps what it measured) and the plot at the end. With
 `--cache DIR`, the dense models are trained once and reused by later runs.
 """
@@ -280,9 +280,10 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--scratch", action="store_true", help="also train every pruned architecture from scratch")
     parser.add_argument("--cache", help="directory to keep the dense models' weights in and reuse them from")
+    parser.add_argument("--output", help="name of the JSON and plot files (default structured_<models>)")
     args = parser.parse_args()
     started = time.time()
-    stem = f"structured_{'_'.join(args.models)}"
+    stem = args.output or f"structured_{'_'.join(args.models)}"
     settings = {**vars(args), "batch": BATCH, "train_lr": TRAIN_LR,
                 "recipe": "tfsparse.finetune: SGD nesterov 0.9, cosine, weight decay 5e-4, BN recalibrated"}
     finished = []
