@@ -24,8 +24,11 @@ The structured methods built on the core are rows of the same table:
 `hap+implants/params` and `hap/params` (`tfsparse.hap`, the ratio counted
 in parameters, with and without implants, against `l1/params` and
 `taylor/params`), `csgd/layer` (C-SGD from the dense model for the
-fine-tuning epochs, then the exact trim) and `polarization` (gates trained
-from a fresh model for the same total epochs, then stripped).
+fine-tuning epochs, then the exact trim), `polarization` (gates trained
+from a fresh model for the same total epochs, then stripped) and
+`slimming` (network slimming, Liu et al., 2017: the dense model trained
+with an L1 penalty on BatchNorm gamma, pruned globally by |gamma|,
+fine-tuned).
 
     python benchmarks/structured.py [--models resnet20 vgg] [--methods l1/global bn_scale/layer ...]
         [--ratios 0.3 0.5 0.7] [--epochs 6] [--finetune-epochs 3] [--finetune-lr 0.01]
@@ -67,6 +70,7 @@ MODELS = {
 class Context:
     """What a method needs: the data, the trained dense weights and the epoch budget."""
 
+    name: str
     train: tf.data.Dataset
     test: tf.data.Dataset
     dense: keras.Model
@@ -121,6 +125,28 @@ def polarization_method(context, ratio):
     return stripped, {"removed_channels": 1 - statistics["gates_open"], "polarized": statistics["gates_polarized"]}
 
 
+# Network slimming's L1 penalty on BatchNorm gamma, scaled to this benchmark's short runs: Liu et al. (2017) use
+# 1e-5 (ResNet) and 1e-4 (VGG) over about 3,400 units of summed learning rate; 6 cosine epochs here sum to about
+# 24, so the penalties grow by the ratio to shrink gamma by the same total amount.
+SLIMMING_PENALTY = {"resnet20": 1.5e-3, "vgg": 1.5e-2}
+
+
+def slimming_method(context, ratio):
+    """Network slimming: the dense model trained with an L1 penalty on BN gamma, pruned by |gamma|, fine-tuned."""
+    keras.utils.set_random_seed(context.seed)
+    model = context.build()
+    penalty = keras.regularizers.L1(SLIMMING_PENALTY[context.name])
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.regularizer = penalty
+    ts.finetune(model, context.train, context.epochs, learning_rate=TRAIN_LR, verbose=0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.regularizer = None
+    pruned = ts.prune_channels(model, ratio, importance="bn_scale", scope="global", print_fn=None)
+    return pruned, fine_tuned(pruned, context)
+
+
 def fine_tuned(pruned, context):
     """Recomputes `pruned`'s BatchNorm statistics, fine-tunes it; returns its accuracy before fine-tuning."""
     ts.recalibrate_batch_norm(pruned, context.train)
@@ -140,6 +166,7 @@ METHODS = {
     "hap/params": hap_method(0.0),
     "csgd/layer": csgd_method,
     "polarization": polarization_method,
+    "slimming": slimming_method,
 }
 
 
@@ -201,7 +228,7 @@ def run_model(name, args, seed, report):
     same_total, seconds = trained(total_epochs)
     add(same_total, method="dense, same total", epochs=total_epochs, seconds=seconds)
     print(f"[{name} seed {seed}] dense {rows[0]['accuracy']:.4f}, same total {rows[1]['accuracy']:.4f}", flush=True)
-    context = Context(train, test, dense, MODELS[name], args.epochs, args.finetune_epochs, args.finetune_lr, seed)
+    context = Context(name, train, test, dense, MODELS[name], args.epochs, args.finetune_epochs, args.finetune_lr, seed)
     for method in args.methods:
         for ratio in args.ratios:
             started = time.perf_counter()
