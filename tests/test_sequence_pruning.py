@@ -18,25 +18,33 @@ def _mha(x):
     return L.MultiHeadAttention(2, 3, name="attention")(x, x)
 
 
+def _lstm(x):
+    return L.LSTM(3, dropout=0.25, name="rnn")(x)
+
+
 # One tiny layer of each type; the registry names each prunable weight below the layer.
-SEQUENCE_LAYERS = {
-    "simple_rnn": (lambda x: L.SimpleRNN(4, name="rnn")(x),
-                   ["simple_rnn_cell/kernel", "simple_rnn_cell/recurrent_kernel"]),
-    "gru": (lambda x: L.GRU(3, return_sequences=True, name="rnn")(x), ["gru_cell/kernel", "gru_cell/recurrent_kernel"]),
-    "lstm": (lambda x: L.LSTM(3, dropout=0.25, name="rnn")(x), ["lstm_cell/kernel", "lstm_cell/recurrent_kernel"]),
-    "rnn_cell": (lambda x: L.RNN(L.GRUCell(3, name="cell"), name="rnn")(x), ["cell/kernel", "cell/recurrent_kernel"]),
-    "stacked_cells": (
+SEQUENCE_LAYERS = [
+    pytest.param(lambda x: L.SimpleRNN(4, name="rnn")(x),
+                 ["simple_rnn_cell/kernel", "simple_rnn_cell/recurrent_kernel"], id="simple_rnn"),
+    pytest.param(lambda x: L.GRU(3, return_sequences=True, name="rnn")(x),
+                 ["gru_cell/kernel", "gru_cell/recurrent_kernel"], id="gru"),
+    pytest.param(_lstm, ["lstm_cell/kernel", "lstm_cell/recurrent_kernel"], id="lstm"),
+    pytest.param(lambda x: L.RNN(L.GRUCell(3, name="cell"), name="rnn")(x),
+                 ["cell/kernel", "cell/recurrent_kernel"], id="rnn_cell"),
+    pytest.param(
         lambda x: L.RNN(L.StackedRNNCells([L.LSTMCell(3, name="a"), L.SimpleRNNCell(2, name="b")], name="s"),
                         name="rnn")(x),
-        ["s/a/kernel", "s/a/recurrent_kernel", "s/b/kernel", "s/b/recurrent_kernel"],
+        ["s/a/kernel", "s/a/recurrent_kernel", "s/b/kernel", "s/b/recurrent_kernel"], id="stacked_cells",
     ),
-    "bidirectional": (
+    pytest.param(
         lambda x: L.Bidirectional(L.LSTM(2, name="lstm"), name="rnn")(x),
         ["forward_lstm/lstm_cell/kernel", "forward_lstm/lstm_cell/recurrent_kernel",
          "backward_lstm/lstm_cell/kernel", "backward_lstm/lstm_cell/recurrent_kernel"],
+        id="bidirectional", marks=pytest.mark.slow,
     ),
-    "multi_head_attention": (_mha, ["query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"]),
-}
+    pytest.param(_mha, ["query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"],
+                 id="multi_head_attention"),
+]
 
 
 def _model(block):
@@ -59,6 +67,11 @@ def _fit(model, batches=STEPS):
     return x
 
 
+def _wrapper_of(model, name):
+    """The `Masked` layer of `model` around the layer called `name`."""
+    return next(layer for layer in model.layers if isinstance(layer, Masked) and layer.layer.name == name)
+
+
 def _numpy(value):
     return np.asarray(keras.ops.convert_to_numpy(value))
 
@@ -67,14 +80,13 @@ def _expected_zeros(size, sparsity=SPARSITY):
     return min(round(sparsity * size), size - 1)
 
 
-@pytest.mark.parametrize("kind", sorted(SEQUENCE_LAYERS))
-def test_sequence_layer_prunes_trains_strips_and_reloads(kind, tmp_path):
-    block, names = SEQUENCE_LAYERS[kind]
+@pytest.mark.parametrize("block, names", SEQUENCE_LAYERS)
+def test_sequence_layer_prunes_trains_strips_and_reloads(block, names, tmp_path):
     keras.utils.set_random_seed(0)
     # TFMOT's schedule object, used as it is: the masks are set at the first batch only.
     schedule = tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=1, frequency=100)
     pruned = ts.prune_low_magnitude(_model(block), schedule)
-    wrapper = pruned.get_layer(f"masked_{'attention' if kind == 'multi_head_attention' else 'rnn'}")
+    wrapper = next(layer for layer in pruned.layers if isinstance(layer, Masked) and layer.layer.name != "head")
     assert list(wrapper.weight_names) == names
     before = {name: _numpy(w) for name, w in zip(names, wrapper.prunable_weights)}
     x = _fit(pruned)
@@ -108,8 +120,8 @@ def test_sequence_layer_prunes_trains_strips_and_reloads(kind, tmp_path):
 
 
 def test_an_rnn_cell_dropout_draws_new_masks_at_each_step():
-    pruned = ts.prune_low_magnitude(_model(SEQUENCE_LAYERS["lstm"][0]), ts.schedules.ConstantSparsity(0.5, 1))
-    seed = pruned.get_layer("masked_rnn").layer.cell.seed_generator.state
+    pruned = ts.prune_low_magnitude(_model(_lstm), ts.schedules.ConstantSparsity(0.5, 1))
+    seed = _wrapper_of(pruned, "rnn").layer.cell.seed_generator.state
     start = _numpy(seed).copy()
     _fit(pruned)
     assert not np.array_equal(_numpy(seed), start)
@@ -121,8 +133,7 @@ def test_global_scope_and_summary_cover_sequence_layers():
     x = L.MultiHeadAttention(2, 3, name="attention")(x, x)
     model = keras.Model(inputs, L.Dense(2, name="head")(L.Flatten()(x)))
     pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(SPARSITY, 1), scope="global")
-    assert [layer.name for layer in pruned.layers if isinstance(layer, Masked)] == [
-        "masked_lstm", "masked_attention", "masked_head"]
+    assert [layer.layer.name for layer in pruned.layers if isinstance(layer, Masked)] == ["lstm", "attention", "head"]
     _fit(pruned, batches=1)
     masks = [_numpy(m) for layer in pruned.layers if isinstance(layer, Masked) for m in layer.masks]
     assert len(masks) == 2 + 4 + 1
@@ -131,8 +142,9 @@ def test_global_scope_and_summary_cover_sequence_layers():
 
     info = ts.summary(pruned, print_fn=None)
     rows = {row["layer"]: row for row in info.rows}
-    assert rows["masked_lstm"]["type"] == "Masked(LSTM)"
-    assert rows["masked_attention"]["parameters"] == pruned.get_layer("masked_attention").layer.count_params()
+    assert rows[_wrapper_of(pruned, "lstm").name]["type"] == "Masked(LSTM)"
+    attention = _wrapper_of(pruned, "attention")
+    assert rows[attention.name]["parameters"] == attention.layer.count_params()
     assert info.total["parameters"] == model.count_params()
     zeros = sum(int(np.sum(m == 0)) for m in masks)
     assert info.total["parameters"] - info.total["nonzeros"] >= zeros
@@ -244,7 +256,7 @@ def test_a_subclass_of_a_supported_layer_is_pruned_but_keeps_no_channel_rule():
     inputs = keras.Input((6,))
     model = keras.Model(inputs, L.Dense(2)(MyDense(8, name="mine")(inputs)))
     pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(SPARSITY, 1))
-    mine = pruned.get_layer("masked_mine")
+    mine = _wrapper_of(pruned, "mine")
     assert isinstance(mine.layer, MyDense)
     x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
     pruned(x, training=True)
