@@ -150,6 +150,19 @@ def test_global_scope_and_summary_cover_sequence_layers():
     assert info.total["parameters"] - info.total["nonzeros"] >= zeros
 
 
+def test_padding_masks_reach_the_wrapped_layers():
+    tokens = keras.Input((TIME,))
+    x = L.Embedding(10, 4, mask_zero=True)(tokens)
+    x = L.LSTM(3, return_sequences=True, name="lstm")(x)
+    x = L.MultiHeadAttention(2, 3, name="attention")(x, x)
+    model = keras.Model(tokens, L.LSTM(2, name="last")(x))
+    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, begin_step=10))
+    padded = np.array([[3, 1, 4, 0, 0], [5, 9, 2, 6, 0]], "float32")
+    expected = _numpy(model(padded))
+    assert not np.allclose(expected, _numpy(model(np.where(padded == 0, 7, padded))))
+    np.testing.assert_allclose(_numpy(pruned(padded)), expected, atol=1e-6)
+
+
 def test_an_rnn_with_a_cell_tfsparse_cannot_prune_is_refused():
     class Cell(L.Layer):
         state_size = 2
