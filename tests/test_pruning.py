@@ -350,15 +350,15 @@ def test_single_layer_wrapping_inside_a_model_definition():
 
 def test_unsupported_layers_fail_or_are_skipped_with_a_warning():
     inputs = keras.Input((6, 4))
-    x = keras.layers.LSTM(5, name="my_lstm")(inputs)
+    x = keras.layers.PReLU(name="my_prelu")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3)(x))
-    with pytest.raises(TypeError, match=r"my_lstm \(LSTM\).*Supported layer types: Dense"):
+    with pytest.raises(TypeError, match=r"my_prelu \(PReLU\).*Supported layer types: Dense"):
         ts.prune_low_magnitude(model)
-    with pytest.warns(UserWarning, match=r"my_lstm \(LSTM\)"):
+    with pytest.warns(UserWarning, match=r"my_prelu \(PReLU\)"):
         pruned = ts.prune_low_magnitude(model, skip_unsupported=True)
     assert [type(l).__name__ for l in _masked_layers(pruned)] == ["Masked"]
-    with pytest.raises(TypeError, match=r"'my_lstm' of type LSTM cannot be pruned"):
-        Masked(keras.layers.LSTM(3, name="my_lstm"))
+    with pytest.raises(TypeError, match=r"'my_prelu' of type PReLU cannot be pruned"):
+        Masked(keras.layers.PReLU(name="my_prelu"))
 
 
 def test_batch_norm_is_left_dense_silently():

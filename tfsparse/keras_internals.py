@@ -103,3 +103,16 @@ def forget_compile_state(model):
     """
     model.compiled = False
     model.train_function = model.test_function = model.predict_function = None
+
+
+def keras_mask(tensor):
+    """The Keras mask attached to `tensor` (e.g. by `Embedding(mask_zero=True)`), or None.
+
+    A wrapper calls the layer it wraps through `call`, not `__call__`, so
+    it must pass that layer the input masks Keras' `__call__` would have
+    passed; Keras attaches them to tensors and reads them back with
+    this private function only.
+    """
+    from keras.src.backend import get_keras_mask
+
+    return get_keras_mask(tensor)

@@ -18,7 +18,10 @@ What is counted:
   which meets the whole kernel; EinsumDense: the input axes, batch excluded,
   whose subscripts are not in the kernel). BatchNormalization does one
   multiply-add per output element (inference form). Embedding lookups and
-  every other layer (activations, pooling, biases) count as zero. Axes of
+  every other layer (activations, pooling, biases; recurrent layers and
+  MultiHeadAttention, which have no FLOP rule yet) count as zero. A
+  prunable layer that holds sublayers (an LSTM and its cell) is one row,
+  with the weights of its sublayers. Axes of
   unknown size (`None`) count as 1. These are the rules registered in
   `tfsparse.registry`; a custom layer brings its own with
   `tfsparse.register_layer(..., flops=...)`.

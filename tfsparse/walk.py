@@ -8,7 +8,7 @@ recognises them by the `effective_weights` method every wrapper has.
 import keras
 
 from tfsparse import keras_internals
-from tfsparse.registry import is_prunable, prunable_layer_types, prunable_weight_names
+from tfsparse.registry import is_prunable, named_weights, prunable_layer_types, prunable_weight_names
 
 
 def is_wrapper(layer):
@@ -20,7 +20,9 @@ def named_layers(layer):
     """Yields `(path, layer)` for `layer` and every layer inside it.
 
     Models and layers holding sublayers are walked depth-first; tfsparse
-    wrappers are not entered (their wrapped layer is part of them). Paths
+    wrappers are not entered (their wrapped layer is part of them), nor are
+    prunable layers (an LSTM's cell, a MultiHeadAttention's projections
+    are pruned as part of them, see `tfsparse.registry.named_weights`). Paths
     are `/`-joined layer names below the top model (a layer shared by
     several parents is yielded once).
 
@@ -42,7 +44,7 @@ def named_layers(layer):
     seen = {id(layer)}
 
     def children(parent, prefix):
-        if is_wrapper(parent):
+        if is_wrapper(parent) or is_prunable(parent):
             return
         for sub in keras_internals.direct_sublayers(parent):
             if id(sub) in seen:
@@ -70,15 +72,20 @@ def wrappers(model):
 
 
 def weight_named(layer, name):
-    """Returns the weight of `layer` called `name`.
+    """Returns the weight of `layer` called `name` (a path for a sublayer's weight, see `named_weights`).
 
     Raises:
-        ValueError: if the layer has no such weight (the message lists its weights).
+        ValueError: if the layer has no such weight, or several (the message
+            lists its weights).
     """
-    for weight in layer.weights:
-        if weight.name == name:
-            return weight
-    raise ValueError(f"Layer {layer.name!r} has no weight named {name!r}; it has {[w.name for w in layer.weights]}.")
+    pairs = named_weights(layer)
+    found = [weight for key, weight in pairs if key == name]
+    if len(found) != 1:
+        raise ValueError(
+            f"Layer {layer.name!r} has {'no' if not found else 'more than one'} weight named {name!r}; "
+            f"it has {[key for key, _ in pairs]}."
+        )
+    return found[0]
 
 
 def prunable_weights(model):

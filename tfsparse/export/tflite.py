@@ -13,11 +13,14 @@ import tensorflow as tf
 
 from tfsparse.checks import check_model
 from tfsparse.export.saved_model import saved_model
+from tfsparse.surgery.strip import strip
+from tfsparse.walk import named_layers
 
 QUANTIZE_MODES = (None, "dynamic", "int8")
 SAMPLE_COUNT = 8  # inputs compared with the Keras model
 CALIBRATION_SAMPLES = 128  # examples of `representative_data` used for int8 calibration
 LATENCY_RUNS = 20  # timed batch-1 invocations (after one warm-up)
+RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)  # converted with a static batch size
 
 
 @dataclasses.dataclass
@@ -97,6 +100,15 @@ def tflite(
     BUILTIN_WITHOUT_DEFAULT_DELEGATES`), which the check then uses, with a
     warning. Float sparse files run with the default delegate.
 
+    Recurrent layers (SimpleRNN, GRU, LSTM, RNN, Bidirectional) convert to
+    TFLite builtin ops only with a static batch size: Keras runs them in a
+    `tf.while_loop` over tensor lists, which the converter lowers only when
+    their element shapes are fully known (otherwise it asks for select TF
+    ops, which LiteRT cannot run without the Flex delegate). A model
+    holding one is therefore converted with a batch size of 1, and the
+    check runs the sample inputs one example at a time; other models keep
+    a dynamic batch size.
+
     Args:
         model: a built Keras model, possibly holding tfsparse wrappers.
         path: the `.tflite` file to write (parent directories are created).
@@ -151,7 +163,7 @@ def tflite(
         _check_input_shape(model, representative, "representative_data")
 
     with tempfile.TemporaryDirectory() as tmp:
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model(model, os.path.join(tmp, "model")))
+        converter = tf.lite.TFLiteConverter.from_saved_model(_saved_model_to_convert(model, os.path.join(tmp, "model")))
         converter.optimizations = ([tf.lite.Optimize.DEFAULT] if quantize else []) + (
             [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
         )
@@ -177,6 +189,19 @@ def tflite(
             model, content, inputs
         )
     return report
+
+
+def _saved_model_to_convert(model, path):
+    """Writes the SavedModel to convert: `saved_model(model, path)`, with batch size 1 for recurrent models."""
+    plain = strip(model)
+    if not any(isinstance(layer, RECURRENT) for _, layer in named_layers(plain)):
+        return saved_model(plain, path)
+    specs = [keras.InputSpec(shape=(1, *x.shape[1:]), dtype=x.dtype) for x in plain.inputs]
+    archive = keras.export.ExportArchive()
+    archive.track(plain)
+    archive.add_endpoint("serve", plain.__call__, input_signature=specs if len(specs) == 1 else [specs])
+    archive.write_out(path, verbose=False)
+    return path
 
 
 def _check_input_shape(model, array, argument):
@@ -263,13 +288,16 @@ def _measure(interpreter, model, inputs):
     def run(batch):
         interpreter.resize_tensor_input(index, batch.shape)
         interpreter.allocate_tensors()
-        interpreter.set_tensor(index, batch)
+        interpreter.set_tensor(index, batch.astype(input_details[0]["dtype"]))  # e.g. token ids
         start = time.perf_counter()
         interpreter.invoke()
         elapsed = time.perf_counter() - start
         return interpreter.get_tensor(output_details[0]["index"]), elapsed
 
-    litert_out, _ = run(inputs)
+    if input_details[0]["shape_signature"][0] == -1:
+        litert_out, _ = run(inputs)
+    else:  # a file with a static batch size of 1 (see `tflite`)
+        litert_out = np.concatenate([run(inputs[i : i + 1])[0] for i in range(len(inputs))])
     keras_out = keras.ops.convert_to_numpy(model(inputs, training=False))
     if litert_out.shape != keras_out.shape:
         raise ValueError(

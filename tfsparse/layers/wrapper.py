@@ -1,9 +1,13 @@
 """The base wrapper: a layer whose weights are a function of stored state."""
 
+import inspect
+
 import keras
 import numpy as np
 
-from tfsparse.registry import prunable_weight_names
+from tfsparse import keras_internals
+from tfsparse.registry import check_prunable, prunable_weight_names
+from tfsparse.walk import weight_named
 
 
 class ParametrizedWrapper(keras.layers.Wrapper):
@@ -11,9 +15,26 @@ class ParametrizedWrapper(keras.layers.Wrapper):
 
     The wrapper builds the wrapped layer, lets a subclass add state for each
     prunable weight (a mask, scores, a gate, ...) and calls the wrapped layer
-    with *effective* weights through `layer.stateless_call`. The wrapped
-    layer's own variables are never overwritten, so optimizers, checkpoints
-    and `get_config` all see plain state.
+    with *effective* weights: its `call` runs in a `keras.StatelessScope`
+    that maps each prunable variable to its effective tensor, as
+    `layer.stateless_call` does. The wrapped layer's own variables are
+    never overwritten, so optimizers, checkpoints and `get_config` all see
+    plain state.
+
+    Every read of a prunable variable inside the call sees the effective
+    tensor, however deep in the layer it happens: an RNN's cell reads its
+    masked `kernel` and `recurrent_kernel` at every time step of the
+    recurrent loop, a MultiHeadAttention's projections read their masked
+    kernels, and the gradient reaches the stored variables through the
+    effective tensors only (so pruned entries get none). One wrapper
+    around the whole layer therefore covers layers whose prunable weights
+    live in sublayers (`tfsparse.registry.named_weights` names them, e.g.
+    `lstm_cell/kernel`). Other state the layer updates in its call (the
+    seed of an RNN cell's dropout, a stateful RNN's states) is written
+    back to its variables, as a plain call would. The wrapped layer's
+    `call` receives the positional arguments (a MultiHeadAttention's
+    `value`), `training` and the input `mask` when it takes them, and the
+    wrapper's output mask is the wrapped layer's.
 
     Subclasses implement:
 
@@ -44,9 +65,14 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     activity loss, at each call. The other weights (a bias) keep their own
     regularizers, which Keras counts while they are trainable.
 
+    A layer whose `build` takes several input shapes (MultiHeadAttention)
+    must be built before it is wrapped (`tfsparse.prune_low_magnitude` on
+    a built model does this).
+
     Args:
         layer: the Keras layer to wrap, of a type with prunable weights in
-            the layer registry (see `tfsparse.register_layer`).
+            the layer registry (see `tfsparse.register_layer`), a subclass
+            of one, or a layer with a `get_prunable_weights()` method.
         **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
     """
 
@@ -62,9 +88,15 @@ class ParametrizedWrapper(keras.layers.Wrapper):
                 f"({type(layer).__name__} around {layer.layer.name!r}); "
                 f"wrap the inner layer instead."
             )
-        self.weight_names = prunable_weight_names(layer)
+        check_prunable(layer)
         kwargs.setdefault("name", f"{self.__class__.__name__.lower()}_{layer.name}")
         super().__init__(layer, **kwargs)
+        self.supports_masking = layer.supports_masking
+
+    @property
+    def weight_names(self):
+        """Names of the wrapped layer's prunable weights (see `tfsparse.registry.prunable_weight_names`)."""
+        return prunable_weight_names(self.layer)
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -81,8 +113,7 @@ class ParametrizedWrapper(keras.layers.Wrapper):
         Looked up rather than stored: an attribute holding them would make
         Keras track (and save) each of them a second time as the wrapper's own.
         """
-        by_name = {w.name: w for w in self.layer.weights}
-        return [by_name[name] for name in self.weight_names]
+        return [weight_named(self.layer, name) for name in self.weight_names]
 
     def build_parametrization(self, weights):
         """Creates the wrapper's state for the given prunable weights."""
@@ -148,18 +179,42 @@ class ParametrizedWrapper(keras.layers.Wrapper):
             for i, (name, w) in enumerate(zip(self.weight_names, self.prunable_weights))
         }
 
-    def call(self, inputs, training=None, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
         self.update_state(training)
-        effective = [self.effective_weight(i, w, training) for i, w in enumerate(self.prunable_weights)]
-        by_id = dict(zip(map(id, self.prunable_weights), effective))
-        trainable = [by_id.get(id(v), v) for v in self.layer.trainable_variables]
-        non_trainable = [by_id.get(id(v), v) for v in self.layer.non_trainable_variables]
-        outputs, _ = self.layer.stateless_call(trainable, non_trainable, inputs, **kwargs)
+        weights = self.prunable_weights
+        effective = [self.effective_weight(i, w, training) for i, w in enumerate(weights)]
+        with keras.StatelessScope(state_mapping=list(zip(weights, effective))) as scope:
+            outputs = self.layer.call(inputs, *args, **self._inner_kwargs((inputs, *args), kwargs, training))
+        # Outside the scope: state updates inside it are recorded, not applied.
+        self._write_back(scope, weights)
         self._add_regularization_losses(effective, outputs)
         return outputs
 
+    def _inner_kwargs(self, args, kwargs, training):
+        """`kwargs` plus what Keras' `__call__` would pass the wrapped layer's `call`.
+
+        That is `training` (when set) and the masks of the positional inputs:
+        `mask` for a single input, `<argument>_mask` for several (a
+        MultiHeadAttention's `value_mask`), where `call` takes them.
+        """
+        taken = inspect.signature(self.layer.call).parameters
+        extra = {"training": training}
+        if len(args) == 1:
+            extra["mask"] = keras_internals.keras_mask(args[0])
+        else:
+            extra.update((f"{name}_mask", keras_internals.keras_mask(value)) for name, value in zip(taken, args))
+        return {**{k: v for k, v in extra.items() if v is not None and k in taken}, **kwargs}
+
+    def _write_back(self, scope, weights):
+        """Assigns the state the wrapped layer updated inside `scope` (not the prunable weights) to its variables."""
+        prunable = set(map(id, weights))
+        for variable in self.layer.variables:
+            value = None if id(variable) in prunable else scope.get_current_value(variable)
+            if value is not None:
+                variable.assign(value)
+
     def _add_regularization_losses(self, effective, outputs):
-        """Adds the wrapped layer's regularization losses, which `stateless_call` leaves out."""
+        """Adds the wrapped layer's regularization losses, which a call in a stateless scope leaves out."""
         for regularizer, value in zip(self._weight_regularizers, effective):
             if regularizer is not None:
                 self.add_loss(regularizer(value))
@@ -171,5 +226,8 @@ class ParametrizedWrapper(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
+    def compute_output_spec(self, inputs, *args, training=None, **kwargs):
+        return self.layer.compute_output_spec(inputs, *args, **self._inner_kwargs((inputs, *args), kwargs, training))
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)

@@ -55,7 +55,10 @@ def prune_low_magnitude(
 
     Returns:
         The wrapped model, uncompiled (a new one, except for subclassed
-        models), or a `tfsparse.layers.Masked` layer.
+        models), or a `tfsparse.layers.Masked` layer. Pruned layers are
+        copies; the layers that need no change are the same layer objects
+        in both models, as in TFMOT (so a custom layer without a complete
+        `get_config` is kept).
 
     Raises:
         TypeError: for an unsupported layer (unless `skip_unsupported`).
@@ -105,7 +108,7 @@ def prune_low_magnitude(
 
     def wrap(layer):
         if id(layer) not in order:
-            return copy_layer(layer)
+            return layer
         member = None if group is None else {**group, "index": order[id(layer)]}
         return Masked(copy_layer(layer), group=member, **params)
 

@@ -10,10 +10,12 @@ from tfsparse.registry.channels import (
     kernel_rule)
 from tfsparse.registry.flops import elementwise_flops, kernel_flops, output_positions
 from tfsparse.registry.spec import (
-    LayerSpec, initializer_of, is_prunable, prunable_layer_types, prunable_weight_names, register_layer, spec_of)
+    SUBLAYERS, LayerSpec, check_prunable, initializer_of, is_prunable, named_weights, prunable_layer_types,
+    prunable_weight_names, register_layer, spec_of)
 
 __all__ = [
     "CONCAT", "COUPLE", "ChannelRule", "FLATTEN", "FOLLOW", "IN", "LayerSpec", "MID", "OUT", "PRODUCE", "REPEAT",
-    "SEPARABLE", "Unsupported", "WeightAxis", "elementwise_flops", "initializer_of", "is_prunable", "kernel_flops",
-    "kernel_rule", "output_positions", "prunable_layer_types", "prunable_weight_names", "register_layer", "spec_of",
+    "SEPARABLE", "SUBLAYERS", "Unsupported", "WeightAxis", "check_prunable", "elementwise_flops", "initializer_of",
+    "is_prunable", "kernel_flops", "kernel_rule", "named_weights", "output_positions", "prunable_layer_types",
+    "prunable_weight_names", "register_layer", "spec_of",
 ]

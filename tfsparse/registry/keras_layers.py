@@ -6,7 +6,7 @@ from tfsparse.registry import flops
 from tfsparse.registry.channels import (
     CONCAT, COUPLE, FLATTEN, FOLLOW, IN, MID, OUT, PRODUCE, REPEAT, SEPARABLE, ChannelRule, Unsupported, WeightAxis,
     kernel_rule)
-from tfsparse.registry.spec import register_layer
+from tfsparse.registry.spec import SUBLAYERS, register_layer
 
 _L = keras.layers
 CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax", "glu", "sparsemax")
@@ -102,6 +102,16 @@ register_layer(
     _L.Embedding, ("embeddings",), ChannelRule(PRODUCE, (WeightAxis("embeddings", -1, OUT),), "output_dim"),
     flops.kernel_flops(flops.no_positions, ("embeddings",)),
 )
+# Recurrent layers as TFMOT prunes them: the kernel and recurrent kernel of
+# each cell. `RNN` covers SimpleRNN, GRU and LSTM (its subclasses), with
+# any prunable cell; `StackedRNNCells` and `Bidirectional` prune what they hold.
+for cls in (_L.SimpleRNNCell, _L.GRUCell, _L.LSTMCell):
+    register_layer(cls, ("kernel", "recurrent_kernel"))
+for cls in (_L.RNN, _L.StackedRNNCells, _L.Bidirectional):
+    register_layer(cls, SUBLAYERS)
+# MultiHeadAttention: the kernels of its query, key, value and output
+# projections (EinsumDense sublayers), as TFMOT prunes them.
+register_layer(_L.MultiHeadAttention, ("query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"))
 register_layer(
     _L.BatchNormalization, channels=_normalization(("gamma", "beta", "moving_mean", "moving_variance")),
     flops=flops.elementwise_flops,

@@ -5,7 +5,10 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from tfsparse import keras_internals
 from tfsparse.registry.channels import ChannelRule
+
+SUBLAYERS = "sublayers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +18,13 @@ class LayerSpec:
     Attributes:
         prunable: names of the weights that wrappers parametrize (pruning,
             FreezeNet, Lottery Jackpots); empty for layers whose weights are
-            never pruned (normalization, biases only).
+            never pruned (normalization, biases only). A weight of a
+            sublayer is named by its path below the layer (`"query/kernel"`
+            for MultiHeadAttention, see `named_weights`). `SUBLAYERS` makes
+            a container prunable through its direct sublayers (an RNN
+            through its cell, `StackedRNNCells` through its cells,
+            `Bidirectional` through its two RNNs): it prunes their
+            prunable weights, and is prunable only if every one of them is.
         channels: how the layer carries channels, for graph surgery: a
             `ChannelRule`, or a function `(layer, rank) -> ChannelRule` that
             may raise `Unsupported`; `None` if the layer cannot be mapped
@@ -49,12 +58,22 @@ def register_layer(cls, prunable=(), channels=None, flops=None, initializers=Non
     One call makes a layer type known everywhere: `prune_low_magnitude`,
     FreezeNet, SNIP and Lottery Jackpots wrap its `prunable` weights; graph
     surgery follows its channels; `tfsparse.summary` counts its FLOPs;
-    FreezeNet redraws its weights with the `initializers`. Classes are
-    matched exactly (a subclass may compute something else).
+    FreezeNet redraws its weights with the `initializers`.
+
+    Subclasses inherit the prunable weights of their nearest registered
+    base class (a `class MyDense(keras.layers.Dense)` prunes `kernel`):
+    pruning zeroes entries of a named weight, which stays meaningful
+    whatever a subclass computes with it. Channel rules and FLOPs match the
+    exact class only: they describe a computation, which a subclass may
+    change, and surgery on a wrong rule would silently change the outputs
+    (see `spec_of`). A layer with a `get_prunable_weights()` method (TFMOT's
+    `PrunableLayer` protocol) needs no registration to be pruned.
 
     Args:
         cls: a `keras.layers.Layer` subclass.
-        prunable: names of its prunable weights, e.g. `("kernel",)`.
+        prunable: names of its prunable weights, e.g. `("kernel",)`, with
+            paths for weights of sublayers (`"query/kernel"`), or
+            `SUBLAYERS` (see `LayerSpec`).
         channels: a `ChannelRule` (see `tfsparse.registry.kernel_rule`) or a
             function `(layer, rank) -> ChannelRule`; `None` leaves the layer
             opaque to surgery.
@@ -86,8 +105,13 @@ def register_layer(cls, prunable=(), channels=None, flops=None, initializers=Non
     """
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
         raise TypeError(f"Argument `cls` must be a keras.layers.Layer subclass, received: {cls!r}.")
-    if isinstance(prunable, str) or not all(isinstance(name, str) for name in prunable):
-        raise TypeError(f"Argument `prunable` must be a tuple of weight names, received: {prunable!r}.")
+    if prunable != SUBLAYERS and (
+        isinstance(prunable, str) or not all(isinstance(name, str) for name in prunable)
+    ):
+        raise TypeError(
+            f"Argument `prunable` must be a tuple of weight names, received: {prunable!r} "
+            f"(or `tfsparse.registry.SUBLAYERS`, for a container of prunable layers)."
+        )
     if channels is not None and not (isinstance(channels, ChannelRule) or callable(channels)):
         raise TypeError(f"Argument `channels` must be a ChannelRule, a function or None, received: {channels!r}.")
     if flops is not None and not callable(flops):
@@ -98,7 +122,7 @@ def register_layer(cls, prunable=(), channels=None, flops=None, initializers=Non
         raise ValueError(
             f"Argument `cls` ({cls.__name__}) is already registered; pass `replace=True` to replace it."
         )
-    spec = LayerSpec(tuple(prunable), channels, flops, dict(initializers or {}))
+    spec = LayerSpec(prunable if prunable == SUBLAYERS else tuple(prunable), channels, flops, dict(initializers or {}))
     _SPECS[cls] = spec
     return spec
 
@@ -108,10 +132,37 @@ def spec_of(layer):
     return _SPECS.get(type(layer))
 
 
+def _inherited_spec(layer):
+    """The `LayerSpec` of the nearest registered class in `layer`'s MRO, or None."""
+    return next((_SPECS[cls] for cls in type(layer).__mro__ if cls in _SPECS), None)
+
+
+def _has_protocol(layer):
+    """True for TFMOT's `PrunableLayer` protocol: a `get_prunable_weights()` method.
+
+    Duck typed, as TFMOT's wrapper does: any subclass of
+    `tfmot.sparsity.keras.PrunableLayer` has the method (it is abstract
+    there), and so may any other layer.
+    """
+    return callable(getattr(layer, "get_prunable_weights", None))
+
+
 def is_prunable(layer):
-    """Returns True if tfsparse can parametrize some of `layer`'s weights."""
-    spec = spec_of(layer)
-    return spec is not None and bool(spec.prunable)
+    """Returns True if tfsparse can parametrize some of `layer`'s weights.
+
+    That is: `layer` has a `get_prunable_weights()` method, or its nearest
+    registered class (see `register_layer`) names prunable weights; a
+    `SUBLAYERS` container needs direct sublayers that are all prunable.
+    """
+    if _has_protocol(layer):
+        return True
+    spec = _inherited_spec(layer)
+    if spec is None or not spec.prunable:
+        return False
+    if spec.prunable == SUBLAYERS:
+        sublayers = keras_internals.direct_sublayers(layer)
+        return bool(sublayers) and all(is_prunable(sub) for sub in sublayers)
+    return True
 
 
 def prunable_layer_types():
@@ -119,29 +170,100 @@ def prunable_layer_types():
     return tuple(cls.__name__ for cls, spec in _SPECS.items() if spec.prunable)
 
 
+def check_prunable(layer):
+    """Raises `TypeError` (naming the supported layers) unless `is_prunable(layer)`."""
+    if not is_prunable(layer):
+        raise TypeError(
+            f"Layer {layer.name!r} of type {type(layer).__name__} cannot be pruned. Supported layer types: "
+            f"{', '.join(prunable_layer_types())}, subclasses of these, and layers with a "
+            f"`get_prunable_weights()` method (others can be added with `tfsparse.register_layer`)."
+        )
+
+
 def prunable_weight_names(layer):
     """Returns the names of the prunable weights of `layer`.
 
+    Names are those of `named_weights`: a weight's own name (`"kernel"`),
+    or its path below `layer` for a weight of a sublayer
+    (`"lstm_cell/recurrent_kernel"` for an LSTM).
+
     Args:
-        layer: a Keras layer instance.
+        layer: a Keras layer instance; built if it prunes the weights its
+            `get_prunable_weights()` returns.
 
     Returns:
         A tuple of weight names, e.g. `("kernel",)` for `Dense`.
 
     Raises:
         TypeError: if the layer type has no prunable weights.
+        ValueError: if `get_prunable_weights()` is asked of an unbuilt
+            layer, or returns something that is not one of the layer's
+            weights or a weight whose name is ambiguous.
 
     Example:
 
     >>> prunable_weight_names(keras.layers.SeparableConv2D(8, 3))
     ('depthwise_kernel', 'pointwise_kernel')
+    >>> prunable_weight_names(keras.layers.LSTM(4))
+    ('lstm_cell/kernel', 'lstm_cell/recurrent_kernel')
     """
-    if not is_prunable(layer):
-        raise TypeError(
-            f"Layer {layer.name!r} of type {type(layer).__name__} cannot be pruned. Supported layer types: "
-            f"{', '.join(prunable_layer_types())} (others can be added with `tfsparse.register_layer`)."
+    check_prunable(layer)
+    if _has_protocol(layer):
+        return _protocol_names(layer)
+    prunable = _inherited_spec(layer).prunable
+    if prunable != SUBLAYERS:
+        return prunable
+    return tuple(
+        f"{sub.name}/{name}" for sub in keras_internals.direct_sublayers(layer) for name in prunable_weight_names(sub)
+    )
+
+
+def _protocol_names(layer):
+    """The names of the weights `layer.get_prunable_weights()` returns."""
+    if not layer.built:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) names its prunable weights with "
+            f"`get_prunable_weights()`, which needs the layer built: call `layer.build(input_shape)` first."
         )
-    return spec_of(layer).prunable
+    pairs = named_weights(layer)
+    names = {}
+    for name, weight in pairs:
+        names.setdefault(id(weight), name)
+    result = []
+    for weight in layer.get_prunable_weights():
+        name = names.get(id(weight))
+        if name is None or sum(n == name for n, _ in pairs) > 1:
+            raise ValueError(
+                f"`get_prunable_weights()` of layer {layer.name!r} must return weights of the layer with "
+                f"distinct names; it returned {getattr(weight, 'path', weight)!r}, "
+                + ("which is not one of them." if name is None else f"whose name {name!r} is not unique.")
+            )
+        result.append(name)
+    return tuple(result)
+
+
+def named_weights(layer):
+    """Returns `[(name, variable)]` for every weight of `layer`, its sublayers' included.
+
+    A layer's own weights keep their names; a sublayer's weights are named
+    by the sublayer's name and their name in it, `/`-joined, recursively
+    (an LSTM's `lstm_cell/kernel`, a MultiHeadAttention's `query/kernel`).
+    Unlike `Variable.path`, these names do not depend on where or how the
+    layer was built, cloned or loaded.
+
+    Example:
+
+    >>> lstm = keras.layers.LSTM(4)
+    >>> lstm.build((None, 5, 3))
+    >>> [name for name, _ in named_weights(lstm)]
+    ['lstm_cell/kernel', 'lstm_cell/recurrent_kernel', 'lstm_cell/bias']
+    """
+    sublayers = keras_internals.direct_sublayers(layer)
+    inner = {id(w) for sub in sublayers for w in sub.weights}
+    pairs = [(w.name, w) for w in layer.weights if id(w) not in inner]
+    for sub in sublayers:
+        pairs += [(f"{sub.name}/{name}", w) for name, w in named_weights(sub)]
+    return pairs
 
 
 def initializer_of(layer, name):
@@ -150,8 +272,14 @@ def initializer_of(layer, name):
     Looks for the attribute registered for the weight, then Keras' usual
     spellings: `<name>_initializer`, and `<prefix>_initializer` for a weight
     named `<prefix>_kernel` (`recurrent_kernel` -> `recurrent_initializer`).
+    A weight of a sublayer (`"lstm_cell/kernel"`) is looked up on the
+    sublayer.
     """
-    spec = spec_of(layer)
+    if "/" in name:
+        head, rest = name.split("/", 1)
+        sub = next((s for s in keras_internals.direct_sublayers(layer) if s.name == head), None)
+        return None if sub is None else initializer_of(sub, rest)
+    spec = _inherited_spec(layer)
     registered = spec.initializers.get(name) if spec is not None else None
     candidates = (registered,) if registered else (f"{name}_initializer", f"{name.removesuffix('_kernel')}_initializer")
     for attribute in candidates:

@@ -54,8 +54,8 @@ def transform_layers(model, fn):
 
     Sequential and functional models, nested ones included, are cloned: the
     result is a new, uncompiled model (see `clone_uncompiled`) and `model`
-    is left as it was. `fn` must return a new layer (use `copy_layer` for
-    layers to keep). Subclassed models cannot be cloned by Keras: their
+    is left as it was. `fn` returns a new layer, or the layer itself to keep
+    it (the new model then shares it with `model`). Subclassed models cannot be cloned by Keras: their
     layer attributes (and lists of layers) are replaced in place and the
     same model object is returned, uncompiled (compile it again before
     `fit`).

@@ -10,13 +10,14 @@ from tfsparse.surgery.clone import copy_layer, transform_layers
 def unwrap(layer):
     """Returns a plain copy of a wrapped layer holding its effective weights.
 
-    A `Fixed` layer gives a copy of the layer it wraps; any other layer is
-    returned as a copy with its own weights.
+    A `Fixed` layer gives a copy of the layer it wraps; any other layer
+    needs no change and is returned as it is (the model before and after
+    `tfsparse.strip` share it, as in TFMOT's `strip_pruning`).
     """
     if isinstance(layer, Fixed):
         return copy_layer(layer.layer)
     if not isinstance(layer, ParametrizedWrapper):
-        return copy_layer(layer)
+        return layer
     inner = layer.layer
     effective = {id(w): v for w, v in zip(layer.prunable_weights, layer.effective_weights().values())}
     weights = [effective.get(id(w), w) for w in inner.weights]
