@@ -209,10 +209,11 @@ def run_model(name, args, seed, report):
         return row
 
     def trained(epochs, model=None):
+        """Trains `model` (the dense model if None; only the dense models are cached) for `epochs`."""
         keras.utils.set_random_seed(seed)
+        stem = f"structured_{name}_{args.train_examples}_{epochs}epochs_seed{seed}"
+        path = args.cache and model is None and os.path.join(args.cache, f"{stem}.weights.h5")
         model = model or MODELS[name]()
-        path = args.cache and os.path.join(args.cache, f"structured_{name}_{args.train_examples}_{epochs}epochs_seed"
-                                                       f"{seed}.weights.h5")
         started = time.perf_counter()
         if path and os.path.exists(path):
             model.load_weights(path)
