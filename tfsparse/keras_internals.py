@@ -103,3 +103,13 @@ def forget_compile_state(model):
     """
     model.compiled = False
     model.train_function = model.test_function = model.predict_function = None
+
+
+def build_for_training(model, batch):
+    """Builds a compiled model's layers, compiled loss, metrics and optimizer for `batch`.
+
+    `model.fit` does this before its first step (`_symbolic_build`), so
+    that no variable is created inside a replica's step; a training loop
+    over `strategy.run` needs the same, and Keras has no public call for it.
+    """
+    model._symbolic_build(data_batch=batch)

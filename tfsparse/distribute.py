@@ -1,0 +1,205 @@
+"""`train`: a training loop over `strategy.run`, for MultiWorkerMirroredStrategy and every other strategy."""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from tfsparse import keras_internals
+
+
+def train(model, dataset, epochs=1, strategy=None, callbacks=None, checkpoint_dir=None, verbose=1):
+    """Trains a compiled model on `dataset` with `strategy.run`, as `model.fit` would.
+
+    Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy` with more
+    than one worker (keras-team/keras#20585); this loop runs there, and under
+    every other `tf.distribute` strategy (or none). It keeps the model's
+    compile-time pieces: each replica computes the compiled loss of its part
+    of the global batch, averaged over the *global* batch with
+    `tf.nn.compute_average_loss` (plus the model's regularization losses,
+    divided among the replicas), and the compiled optimizer applies the
+    gradients, which it sums across replicas; the compiled metrics are
+    updated on every replica. tfsparse's in-graph state advances exactly as
+    in `fit`: every batch is one training call of every wrapper, so the
+    pruning step of `tfsparse.layers.Masked` counts batches and masks are
+    updated at the schedule's steps, identically on every replica. No
+    `UpdatePruningStep` callback is needed.
+
+    Callbacks get the epoch-level hooks (`on_train_begin/end`,
+    `on_epoch_begin/end` with the epoch's logs); batch-level hooks are not
+    called, which is what tfsparse's own callbacks need and keeps the step
+    free of host round trips. `model.stop_training = True` stops after the
+    epoch.
+
+    The global batch is split evenly among the replicas: use a batch size
+    that the number of replicas divides and `drop_remainder=True`. Every
+    worker runs this function with the same dataset (each reads its share
+    of every global batch), the same model and the same arguments.
+
+    With `checkpoint_dir`, the model (weights, masks, pruning steps, scores)
+    and the optimizer are saved with a `tf.train.CheckpointManager` at the
+    end of every epoch, and a run that finds a checkpoint there resumes
+    after its epoch. The chief (task 0, or the only process) writes to
+    `checkpoint_dir`; other workers write to a private subdirectory, as
+    `tf.distribute` requires. Resume at the epoch boundary: an epoch cut
+    short is run again from its first batch.
+
+    Args:
+        model: a compiled Keras model with one loss, built (and compiled)
+            under `strategy.scope()`.
+        dataset: a `tf.data.Dataset` of global batches `(x, y)` or
+            `(x, y, sample_weight)`.
+        epochs: number of passes over `dataset`.
+        strategy: the `tf.distribute` strategy; defaults to the one in
+            scope (`tf.distribute.get_strategy()`).
+        callbacks: Keras callbacks (epoch-level hooks only).
+        checkpoint_dir: `None`, or a directory for checkpoints and resume.
+        verbose: 1 prints one line per epoch, 0 nothing.
+
+    Returns:
+        The `keras.callbacks.History` of the run.
+
+    Raises:
+        ValueError: for an uncompiled model, a model whose variables were
+            not created under `strategy`, or a bad `epochs`.
+        TypeError: for a `dataset` that is not a `tf.data.Dataset`, or a
+            model compiled with several losses.
+
+    Example:
+
+    >>> strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    >>> schedule = tfsparse.schedules.ConstantSparsity(0.8, begin_step=1, frequency=2)
+    >>> with strategy.scope():
+    ...     pruned = tfsparse.prune_low_magnitude(model, schedule)
+    ...     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = tfsparse.distribute.train(pruned, train_ds, epochs=2, strategy=strategy, verbose=0)
+    >>> int(pruned.get_layer("masked_conv2").pruning_step.numpy())  # 2 epochs of 4 batches
+    8
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    _check_arguments(model, dataset, epochs, strategy)
+    with strategy.scope():
+        return _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose)
+
+
+def _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose):
+    """`train`, inside `strategy.scope()`, once the arguments are checked."""
+    keras_internals.build_for_training(model, next(iter(dataset)))
+    epoch = tf.Variable(0, dtype="int64", trainable=False) if checkpoint_dir else None
+    manager = _checkpoint_manager(model, epoch, checkpoint_dir, strategy) if checkpoint_dir else None
+    first = 0
+    if manager is not None and manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint)
+        first = int(epoch.numpy())
+    step = _train_step(model, strategy)
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    hooks = keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs, verbose=0)
+    model.stop_training = False
+    hooks.on_train_begin()
+    for index in range(first, epochs):
+        hooks.on_epoch_begin(index)
+        model.reset_metrics()
+        logs = _run_epoch(model, step, distributed)
+        if manager is not None:
+            epoch.assign(index + 1)
+            manager.save()
+        if verbose:
+            print(f"Epoch {index + 1}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        hooks.on_epoch_end(index, logs)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+    return model.history
+
+
+def _run_epoch(model, step, distributed):
+    """Runs `step` over one pass of `distributed`; returns the epoch's logs (mean loss, metrics)."""
+    total, count = 0.0, 0.0
+    for batch in distributed:
+        loss, size = step(batch)
+        total, count = total + loss * size, count + size
+    logs = {"loss": float(total / count)}
+    for name, value in model.get_metrics_result().items():
+        if name != "loss":
+            logs[name] = float(value)
+    return logs
+
+
+def _train_step(model, strategy):
+    """A `tf.function` `step(batch) -> (mean loss, size)` of one global batch, summed over the replicas."""
+    loss_fn = _per_example_loss(model)
+
+    def replica_step(batch):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = tf.nn.compute_average_loss(loss_fn(y, y_pred), sample_weight=sample_weight)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = model.optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # This replica's share of the batch's mean loss, and of its examples.
+        return loss, tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], loss.dtype)
+
+    @tf.function
+    def step(batch):
+        loss, size = strategy.run(replica_step, args=(batch,))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", size, axis=None)
+
+    return step
+
+
+def _per_example_loss(model):
+    """`loss(y_true, y_pred)` -> one loss per example, from the model's compiled loss."""
+    function = keras.losses.get(model.loss)
+    if isinstance(function, keras.losses.Loss):
+        function = function.call
+    if not callable(function):
+        raise TypeError(
+            f"Argument `model` must be compiled with one loss (a name, function or keras.losses.Loss), "
+            f"received a model compiled with loss={model.loss!r}."
+        )
+
+    def per_example(y_true, y_pred):
+        values = function(y_true, y_pred)
+        if len(values.shape) > 1:
+            values = keras.ops.mean(values, axis=tuple(range(1, len(values.shape))))
+        return values
+
+    return per_example
+
+
+def _checkpoint_manager(model, epoch, directory, strategy):
+    """A `tf.train.CheckpointManager` of the model, its optimizer and `epoch`, in this worker's directory."""
+    resolver = getattr(strategy.extended, "_cluster_resolver", None)
+    task_type = resolver.task_type if resolver is not None else None
+    task_id = resolver.task_id if resolver is not None else None
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    if not chief:
+        directory = os.path.join(directory, f"worker_{task_type}_{task_id}")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+
+
+def _check_arguments(model, dataset, epochs, strategy):
+    if not isinstance(model, keras.Model) or not getattr(model, "compiled", False) or model.optimizer is None:
+        raise ValueError(
+            f"Argument `model` must be a compiled keras.Model (call `model.compile(optimizer, loss)` "
+            f"under `strategy.scope()` first), received: {model!r}."
+        )
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            f"Argument `dataset` must be a tf.data.Dataset of global batches, received: {dataset!r} "
+            f"(of type {type(dataset).__name__})."
+        )
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"Argument `epochs` must be an integer >= 1, received: {epochs!r}.")
+    foreign = [v.path for v in model.variables if not strategy.extended.variable_created_in_scope(v.value)]
+    if foreign:
+        raise ValueError(
+            f"Argument `model` has variables created outside the scope of `strategy` "
+            f"({type(strategy).__name__}), e.g. {foreign[:3]}: build and compile the model inside "
+            f"`with strategy.scope():`."
+        )
