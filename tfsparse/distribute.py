@@ -39,10 +39,14 @@ def train(model, dataset, epochs=1, strategy=None, callbacks=None, checkpoint_di
     With `checkpoint_dir`, the model (weights, masks, pruning steps, scores)
     and the optimizer are saved with a `tf.train.CheckpointManager` at the
     end of every epoch, and a run that finds a checkpoint there resumes
-    after its epoch. The chief (task 0, or the only process) writes to
-    `checkpoint_dir`; other workers write to a private subdirectory, as
-    `tf.distribute` requires. Resume at the epoch boundary: an epoch cut
-    short is run again from its first batch.
+    after its epoch. The chief (the only process, the `chief` task, or
+    worker 0 of a cluster without one) writes to `checkpoint_dir`; other
+    workers write their copy to a subdirectory of their own, as
+    `tf.distribute` requires, and every worker restores the chief's
+    checkpoint, so `checkpoint_dir` must be on a file system that all
+    workers share. Runs resume at an epoch boundary: an epoch cut short is
+    run again from its first batch (from a fresh iterator of `dataset`:
+    shuffle it with a fixed seed, or not at all, to see the same batches).
 
     Args:
         model: a compiled Keras model with one loss, built (and compiled)
@@ -85,23 +89,19 @@ def train(model, dataset, epochs=1, strategy=None, callbacks=None, checkpoint_di
 def _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose):
     """`train`, inside `strategy.scope()`, once the arguments are checked."""
     keras_internals.build_for_training(model, next(iter(dataset)))
-    epoch = tf.Variable(0, dtype="int64", trainable=False) if checkpoint_dir else None
+    epoch = tf.Variable(0, dtype="int64", trainable=False)  # epochs done, saved with the checkpoints
     manager = _checkpoint_manager(model, epoch, checkpoint_dir, strategy) if checkpoint_dir else None
-    first = 0
-    if manager is not None and manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint)
-        first = int(epoch.numpy())
     step = _train_step(model, strategy)
     distributed = strategy.experimental_distribute_dataset(dataset)
     hooks = keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs, verbose=0)
     model.stop_training = False
     hooks.on_train_begin()
-    for index in range(first, epochs):
+    for index in range(int(epoch.numpy()), epochs):
         hooks.on_epoch_begin(index)
         model.reset_metrics()
         logs = _run_epoch(model, step, distributed)
+        epoch.assign(index + 1)
         if manager is not None:
-            epoch.assign(index + 1)
             manager.save()
         if verbose:
             print(f"Epoch {index + 1}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
@@ -153,7 +153,10 @@ def _train_step(model, strategy):
 
 def _per_example_loss(model):
     """`loss(y_true, y_pred)` -> one loss per example, from the model's compiled loss."""
-    function = keras.losses.get(model.loss)
+    try:
+        function = keras.losses.get(model.loss)
+    except (TypeError, ValueError):
+        function = None
     if isinstance(function, keras.losses.Loss):
         function = function.call
     if not callable(function):
@@ -172,15 +175,31 @@ def _per_example_loss(model):
 
 
 def _checkpoint_manager(model, epoch, directory, strategy):
-    """A `tf.train.CheckpointManager` of the model, its optimizer and `epoch`, in this worker's directory."""
-    resolver = getattr(strategy.extended, "_cluster_resolver", None)
-    task_type = resolver.task_type if resolver is not None else None
-    task_id = resolver.task_id if resolver is not None else None
-    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
-    if not chief:
-        directory = os.path.join(directory, f"worker_{task_type}_{task_id}")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    """A `tf.train.CheckpointManager` of the model, its optimizer and `epoch`; restores the latest checkpoint.
+
+    The checkpoint lists every variable of the model and of the optimizer,
+    in their order: `tf.train.Checkpoint(model=model)` would follow
+    TensorFlow's attribute tracking, which misses variables that Keras 3
+    layers keep in lists (the masks of `tfsparse.layers.Masked`, say). The
+    chief's manager writes to `directory`, another worker's to a
+    subdirectory of its own; all restore the chief's latest checkpoint.
+    """
+    checkpoint = tf.train.Checkpoint(
+        model_variables=list(model.variables), optimizer_variables=list(model.optimizer.variables), epoch=epoch)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    if not _is_chief(strategy.cluster_resolver):
+        task = strategy.cluster_resolver
+        directory = os.path.join(directory, f"{task.task_type}_{task.task_id}")
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+
+
+def _is_chief(resolver):
+    """Whether this process writes the checkpoints: the only one, the chief, or worker 0 without a chief."""
+    if resolver is None or resolver.task_type in (None, "chief"):
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
 def _check_arguments(model, dataset, epochs, strategy):
@@ -191,8 +210,8 @@ def _check_arguments(model, dataset, epochs, strategy):
         )
     if not isinstance(dataset, tf.data.Dataset):
         raise TypeError(
-            f"Argument `dataset` must be a tf.data.Dataset of global batches, received: {dataset!r} "
-            f"(of type {type(dataset).__name__})."
+            f"Argument `dataset` must be a tf.data.Dataset of global batches, received an object of type "
+            f"{type(dataset).__name__}: wrap arrays with `tf.data.Dataset.from_tensor_slices((x, y)).batch(size)`."
         )
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"Argument `epochs` must be an integer >= 1, received: {epochs!r}.")
