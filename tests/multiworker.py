@@ -20,8 +20,13 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+import tfsparse as ts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16  # global batch: 8 examples per worker
@@ -29,51 +34,74 @@ EXAMPLES = 64  # 4 batches per epoch
 TIMEOUT = 240  # seconds, for the slowest process
 
 
-def run(methods, directory, timeout=TIMEOUT, extra_env=None):
+ROLES = ("worker0", "worker1", "single")
+CRASH_EXIT = 17  # the exit status of a worker that `crash_at_epoch` stops
+
+
+def run(methods, directory, roles=ROLES, crash_at_epoch=None, timeout=TIMEOUT):
     """Runs `methods` on 2 workers and in one process; returns every process's variables.
 
     Args:
         methods: names of functions in `METHODS`.
-        directory: a pathlib.Path for the result files.
+        directory: a pathlib.Path for the result files (and the checkpoints
+            of `resume`, shared by the two workers).
+        roles: the processes to start, of `ROLES`.
+        crash_at_epoch: `None`, or the epoch at whose start worker 1 exits
+            in `resume`, once the chief has saved the epoch before; worker
+            0, left waiting for it, is then killed.
         timeout: seconds before a hung process fails the run.
-        extra_env: more environment variables for every process.
 
     Returns:
-        `{role: {method: {variable path: array}}}` for the roles `worker0`,
-        `worker1` and `single`.
+        `{role: {method: {variable path: array}}}`, or `{}` with
+        `crash_at_epoch`.
 
     Raises:
-        AssertionError: if a process fails or outlives `timeout` (all are
-            killed), with the end of its output.
+        AssertionError: if a process fails (or, with `crash_at_epoch`,
+            worker 1 does not stop as told) or a process outlives `timeout`;
+            every process is killed first. The message shows the end of the
+            processes' output.
     """
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     configs = {f"worker{i}": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)}
     configs["single"] = None
-    processes = {role: _start(role, config, methods, directory, extra_env) for role, config in configs.items()}
-    try:
-        for role, process in processes.items():
-            process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(processes)
-        raise AssertionError(f"worker {role} hung for {timeout} s:\n{_tail(directory, role)}") from None
-    failed = {role: p.returncode for role, p in processes.items() if p.returncode != 0}
+    env = {"worker1": {"MULTIWORKER_CRASH_AT_EPOCH": str(crash_at_epoch)}} if crash_at_epoch is not None else {}
+    processes = {role: _start(role, configs[role], methods, directory, env.get(role, {})) for role in roles}
+    codes = _wait(processes, directory, timeout)
+    if crash_at_epoch is not None:
+        assert codes["worker1"] == CRASH_EXIT, f"worker1 did not stop: {codes}\n{_tail(directory, 'worker1')}"
+        return {}
+    failed = {role: code for role, code in codes.items() if code != 0}
     assert not failed, f"processes failed {failed}:\n" + "\n".join(_tail(directory, role) for role in failed)
-    return {role: {m: dict(np.load(directory / role / f"{m}.npz")) for m in methods} for role in processes}
+    return {role: {m: dict(np.load(directory / role / f"{m}.npz")) for m in methods} for role in roles}
+
+
+def _wait(processes, directory, timeout):
+    """Waits for every process; once a worker fails, kills the other one. Returns the exit codes."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes.values()):
+        if any(p.poll() not in (None, 0) for role, p in processes.items() if role.startswith("worker")):
+            _kill({role: p for role, p in processes.items() if role.startswith("worker")})
+        if time.monotonic() > deadline:
+            _kill(processes)
+            raise AssertionError(f"hung for {timeout} s:\n" + "\n".join(_tail(directory, r) for r in processes))
+        time.sleep(0.2)
+    return {role: p.returncode for role, p in processes.items()}
 
 
 def _start(role, config, methods, directory, extra_env):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow", **(extra_env or {}))
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow", **extra_env)
     # The tfsparse under test: this checkout's, not whichever one is installed.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["MULTIWORKER_CHECKPOINTS"] = str(directory / "checkpoints" / ("single" if config is None else "workers"))
     if config is not None:
         env["TF_CONFIG"] = config
     (directory / role).mkdir(parents=True, exist_ok=True)
-    log = open(directory / f"{role}.log", "w")
-    return subprocess.Popen(
-        [sys.executable, __file__, str(directory / role), *methods], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with open(directory / f"{role}.log", "a") as log:
+        return subprocess.Popen(
+            [sys.executable, __file__, str(directory / role), *methods], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _kill(processes):
@@ -109,15 +137,11 @@ def _data():
 
 
 def _dataset():
-    import tensorflow as tf
-
     return tf.data.Dataset.from_tensor_slices(_data()).batch(BATCH, drop_remainder=True)
 
 
 def _model():
     """A tiny CNN with named layers and weights drawn from NumPy, the same in every process."""
-    import keras
-
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
     h = keras.layers.Flatten()(h)
@@ -129,16 +153,12 @@ def _model():
 
 
 def _compile(model, optimizer=None):
-    import keras
-
     model.compile(optimizer or keras.optimizers.SGD(0.1, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
 
 def magnitude(strategy, scope="layer"):
-    import tfsparse as ts
-
     schedule = ts.schedules.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2)
     with strategy.scope():
         model = _compile(ts.prune_low_magnitude(_model(), schedule, scope=scope))
@@ -151,8 +171,6 @@ def magnitude_global(strategy):
 
 
 def freezenet(strategy):
-    import tfsparse as ts
-
     with strategy.scope():
         model = _compile(ts.freezenet(_model(), 0.8, _dataset(), seed=3, batches=2))
     ts.distribute.train(model, _dataset(), epochs=1, strategy=strategy, verbose=0)
@@ -160,8 +178,6 @@ def freezenet(strategy):
 
 
 def snip(strategy):
-    import tfsparse as ts
-
     with strategy.scope():
         model = _compile(ts.snip(_model(), 0.8, _dataset(), batches=2))
     ts.distribute.train(model, _dataset(), epochs=1, strategy=strategy, verbose=0)
@@ -169,10 +185,6 @@ def snip(strategy):
 
 
 def jackpot(strategy):
-    import keras
-
-    import tfsparse as ts
-
     with strategy.scope():
         model = _compile(ts.lottery_jackpot(_model(), 0.8, seed=0), keras.optimizers.SGD(5.0))
     ts.distribute.train(model, _dataset(), epochs=2, strategy=strategy, verbose=0,
@@ -181,8 +193,6 @@ def jackpot(strategy):
 
 
 def csgd(strategy):
-    import tfsparse as ts
-
     with strategy.scope():
         model = _model()
         plan = ts.csgd.clusters(model, 0.5, method="even")
@@ -192,8 +202,6 @@ def csgd(strategy):
 
 
 def polarize(strategy):
-    import tfsparse as ts
-
     with strategy.scope():
         model = _compile(ts.polarize(_model(), sparsity=0.5, steps=8, warmup=0.0, ramp=0.25, freeze=0.5))
     ts.distribute.train(model, _dataset(), epochs=2, strategy=strategy, verbose=0)
@@ -201,20 +209,43 @@ def polarize(strategy):
 
 
 def hessian(strategy):
-    import tfsparse as ts
-
     with strategy.scope():
         scores = ts.scoring.hessian_trace(_model(), _dataset(), samples=4, batches=2, seed=0, verbose=0)
     return {f"{path}/{field}": np.asarray(getattr(estimate, field)) for path, estimate in scores.items()
             for field in ("value", "stderr")}
 
 
-METHODS = {f.__name__: f for f in (magnitude, magnitude_global, freezenet, snip, jackpot, csgd, polarize, hessian)}
+class _Epochs(keras.callbacks.Callback):
+    """Records the epochs run; exits at the start of epoch `crash_at`, once the chief has saved the epoch before."""
+
+    def __init__(self, crash_at, checkpoints):
+        super().__init__()
+        self.crash_at, self.checkpoints, self.seen = crash_at, checkpoints, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_at:
+            while not (tf.train.latest_checkpoint(self.checkpoints) or "").endswith(f"-{epoch}"):
+                time.sleep(0.1)
+            os._exit(CRASH_EXIT)
+        self.seen.append(epoch)
+
+
+def resume(strategy):
+    """Magnitude pruning for 3 epochs, checkpointed at every epoch; resumes from the shared checkpoints."""
+    crash_at = os.environ.get("MULTIWORKER_CRASH_AT_EPOCH")
+    epochs = _Epochs(None if crash_at is None else int(crash_at), os.environ["MULTIWORKER_CHECKPOINTS"])
+    schedule = ts.schedules.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=10, frequency=2)
+    with strategy.scope():
+        model = _compile(ts.prune_low_magnitude(_model(), schedule))
+    ts.distribute.train(model, _dataset(), epochs=3, strategy=strategy, callbacks=[epochs],
+                        checkpoint_dir=os.environ["MULTIWORKER_CHECKPOINTS"], verbose=0)
+    return {**_variables(model), "epochs_run": np.array(epochs.seen)}
+
+
+METHODS = {f.__name__: f for f in (magnitude, magnitude_global, freezenet, snip, jackpot, csgd, polarize, hessian, resume)}
 
 
 def _strategy():
-    import tensorflow as tf
-
     if "TF_CONFIG" not in os.environ:
         return tf.distribute.get_strategy()
     options = tf.distribute.experimental.CommunicationOptions(
@@ -233,8 +264,6 @@ def _arrays(result):
 
 
 def main(directory, methods):
-    import keras
-
     strategy = _strategy()
     for name in methods:
         keras.utils.set_random_seed(0)

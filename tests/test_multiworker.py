@@ -4,7 +4,8 @@ One pair of workers (and one plain process) runs every method in turn (see
 `tests/multiworker.py`); the tests compare what they saved. Masks and
 counters must be identical on both workers and equal to the single
 process's; float variables identical on both workers and within 1e-5
-(relative) of the single process's.
+(relative) of the single process's. A pair whose worker is killed and
+which is then restarted resumes from its checkpoint to the same model.
 """
 
 import sys
@@ -30,18 +31,24 @@ def _is_exact(path, value):
     return "mask" in path or value.dtype.kind in "biu"
 
 
+def _assert_matches(got, expected, label):
+    """Exact variables equal, float ones within RTOL (relative to the largest entry)."""
+    assert set(got) == set(expected), label
+    for path, want in expected.items():
+        if _is_exact(path, want):
+            assert np.array_equal(got[path], want), f"{label}: {path} differs from the single process"
+        else:
+            error = np.max(np.abs(got[path] - want)) / max(np.max(np.abs(want)), 1e-30)
+            assert error <= RTOL, f"{label}: {path} is {error:.2e} (relative) from the single process"
+
+
 @pytest.mark.parametrize("method", list(multiworker.METHODS))
 def test_workers_agree_and_match_one_process(results, method):
-    single = results["single"][method]
-    assert set(results["worker0"][method]) == set(results["worker1"][method]) == set(single)
-    for path, expected in single.items():
-        first, second = results["worker0"][method][path], results["worker1"][method][path]
-        assert np.array_equal(first, second), f"{method}: {path} differs between the workers"
-        if _is_exact(path, expected):
-            assert np.array_equal(first, expected), f"{method}: {path} differs from the single process"
-        else:
-            error = np.max(np.abs(first - expected)) / max(np.max(np.abs(expected)), 1e-30)
-            assert error <= RTOL, f"{method}: {path} is {error:.2e} (relative) from the single process"
+    first, second = results["worker0"][method], results["worker1"][method]
+    assert set(first) == set(second)
+    for path in first:
+        assert np.array_equal(first[path], second[path]), f"{method}: {path} differs between the workers"
+    _assert_matches(first, results["single"][method], method)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "magnitude_global"])
@@ -83,3 +90,16 @@ def test_polarization_fixed_half_of_the_gates(results):
 def test_hessian_traces_are_estimated(results):
     values = [v for path, v in results["worker0"]["hessian"].items() if path.endswith("/value")]
     assert len(values) == 3 and all(np.all(np.isfinite(v)) and np.any(v != 0) for v in values)
+
+
+def test_a_killed_worker_and_its_peer_resume_from_the_checkpoint(results, tmp_path):
+    workers = ("worker0", "worker1")
+    multiworker.run(["resume"], tmp_path, roles=workers, crash_at_epoch=2)  # worker 1 exits, worker 0 is killed
+    resumed = multiworker.run(["resume"], tmp_path, roles=workers)
+    uninterrupted = results["single"]["resume"]
+    assert list(uninterrupted["epochs_run"]) == [0, 1, 2]
+    for role in workers:
+        variables = resumed[role]["resume"]
+        assert list(variables["epochs_run"]) == [2]  # resumed after the 2 saved epochs
+        _assert_matches({k: v for k, v in variables.items() if k != "epochs_run"},
+                        {k: v for k, v in uninterrupted.items() if k != "epochs_run"}, role)
