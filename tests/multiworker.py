@@ -31,7 +31,7 @@ import tfsparse as ts
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16  # global batch: 8 examples per worker
 EXAMPLES = 64  # 4 batches per epoch
-TIMEOUT = 240  # seconds, for the slowest process
+TIMEOUT = 600  # seconds for the slowest process: generous, for a busy machine
 
 
 ROLES = ("worker0", "worker1", "single")
