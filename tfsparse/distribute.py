@@ -36,9 +36,9 @@ def train(model, dataset, epochs=1, strategy=None, callbacks=None, checkpoint_di
     worker runs this function with the same dataset (each reads its share
     of every global batch), the same model and the same arguments.
 
-    With `checkpoint_dir`, the model (weights, masks, pruning steps, scores)
-    and the optimizer are saved with a `tf.train.CheckpointManager` at the
-    end of every epoch, and a run that finds a checkpoint there resumes
+    With `checkpoint_dir`, every variable of the model (weights, masks,
+    pruning steps, scores, gates) and of the optimizer is saved with a
+    `tf.train.CheckpointManager` at the end of every epoch, and a run that finds a checkpoint there resumes
     after its epoch. The chief (the only process, the `chief` task, or
     worker 0 of a cluster without one) writes to `checkpoint_dir`; other
     workers write their copy to a subdirectory of their own, as
@@ -189,14 +189,30 @@ def _checkpoint_manager(model, epoch, directory, strategy):
     latest = tf.train.latest_checkpoint(directory)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-    if not _is_chief(strategy.cluster_resolver):
+    if not is_chief(strategy):
         task = strategy.cluster_resolver
         directory = os.path.join(directory, f"{task.task_type}_{task.task_id}")
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
 
 
-def _is_chief(resolver):
-    """Whether this process writes the checkpoints: the only one, the chief, or worker 0 without a chief."""
+def is_chief(strategy):
+    """Whether this process is the one that writes checkpoints and reports under `strategy`.
+
+    The only process of a single-host strategy, the `chief` task, or worker
+    0 of a cluster without a chief (TensorFlow's rule).
+
+    Args:
+        strategy: a `tf.distribute` strategy.
+
+    Returns:
+        A bool.
+
+    Example:
+
+    >>> tfsparse.distribute.is_chief(tf.distribute.get_strategy())
+    True
+    """
+    resolver = strategy.cluster_resolver
     if resolver is None or resolver.task_type in (None, "chief"):
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
