@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfsparse as ts
+from tfsparse import cli
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -97,3 +98,13 @@ def test_bad_arguments_raise(two_replica_strategy):
     model.compile("sgd", [LOSS, LOSS])
     with pytest.raises(TypeError, match="compiled with one loss"):
         ts.distribute.train(model, _dataset())
+
+
+@pytest.mark.slow
+def test_demo_trains_with_a_strategy(tmp_path):
+    dense, pruned = cli.run(["demo", "--epochs", "2", "--sparsity", "0.8", "--strategy", "mirrored",
+                             "--out", str(tmp_path)])
+    assert pruned["non-zeros"] <= round(0.2 * (pruned["parameters"] - 410)) + 410  # kernels 80% sparse
+    assert pruned["LiteRT max |diff|"] < 1e-5 and dense["LiteRT max |diff|"] < 1e-5
+    for name in ("training.png", "dense.tflite", "pruned.tflite"):
+        assert (tmp_path / name).stat().st_size > 1000
