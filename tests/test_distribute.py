@@ -51,6 +51,7 @@ def test_train_matches_fit_in_one_process():
         np.testing.assert_allclose(history.history[key], fit_history.history[key], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_replicas_train_like_one(two_replica_strategy):
     single, mirrored = _pruned(), _pruned(two_replica_strategy)
     ts.distribute.train(single, _dataset(), epochs=2, verbose=0)
