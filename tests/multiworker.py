@@ -3,8 +3,8 @@
 Imported by the tests: `run(methods, directory)` starts the two workers
 (free ports, `TF_CONFIG` each, RING collectives on CPU) and one plain
 process with the default strategy, all three running this file as a
-script, waits for them (killing every one if any hangs or fails) and
-returns the saved variables of every method in every process:
+script, waits for them (a failed worker gets its peer killed, which would
+otherwise wait for it forever; a timeout kills all) and returns the saved variables of every method in every process:
 `{"worker0" | "worker1" | "single": {method: {variable path: array}}}`.
 
 As a script (`python multiworker.py DIRECTORY METHOD...`), it runs each
@@ -32,8 +32,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16  # global batch: 8 examples per worker
 EXAMPLES = 64  # 4 batches per epoch
 TIMEOUT = 600  # seconds for the slowest process: generous, for a busy machine
-
-
 ROLES = ("worker0", "worker1", "single")
 CRASH_EXIT = 17  # the exit status of a worker that `crash_at_epoch` stops
 
@@ -242,7 +240,8 @@ def resume(strategy):
     return {**_variables(model), "epochs_run": np.array(epochs.seen)}
 
 
-METHODS = {f.__name__: f for f in (magnitude, magnitude_global, freezenet, snip, jackpot, csgd, polarize, hessian, resume)}
+METHODS = {f.__name__: f for f in (
+    magnitude, magnitude_global, freezenet, snip, jackpot, csgd, polarize, hessian, resume)}
 
 
 def _strategy():
