@@ -8,13 +8,9 @@ process's; float variables identical on both workers and within 1e-5
 which is then restarted resumes from its checkpoint to the same model.
 """
 
-import sys
-
+import multiworker  # tests/multiworker.py: pytest puts this directory on sys.path
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-import multiworker  # noqa: E402
 
 RTOL = 1e-5
 
