@@ -54,9 +54,11 @@ def test_train_matches_fit_in_one_process():
 @pytest.mark.slow
 def test_two_replicas_train_like_one(two_replica_strategy):
     single, mirrored = _pruned(), _pruned(two_replica_strategy)
-    ts.distribute.train(single, _dataset(), epochs=2, verbose=0)
-    ts.distribute.train(mirrored, _dataset(), epochs=2, strategy=two_replica_strategy, verbose=0)
+    expected = ts.distribute.train(single, _dataset(), epochs=2, verbose=0).history
+    history = ts.distribute.train(mirrored, _dataset(), epochs=2, strategy=two_replica_strategy, verbose=0).history
     _assert_same_state(mirrored, single)
+    for key in ("loss", "accuracy"):  # summed over the replicas, per example
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-5)
     for layer in mirrored.layers:
         if isinstance(layer, ts.layers.Masked):
             first, second = (v.numpy() for v in layer.masks[0].value.values)

@@ -91,7 +91,8 @@ def _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose):
     keras_internals.build_for_training(model, next(iter(dataset)))
     epoch = tf.Variable(0, dtype="int64", trainable=False)  # epochs done, saved with the checkpoints
     manager = _checkpoint_manager(model, epoch, checkpoint_dir, strategy) if checkpoint_dir else None
-    step = _train_step(model, strategy)
+    loss_tracker = keras.metrics.Mean(name="loss")
+    step = _train_step(model, strategy, loss_tracker)
     distributed = strategy.experimental_distribute_dataset(dataset)
     hooks = keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs, verbose=0)
     model.stop_training = False
@@ -99,7 +100,7 @@ def _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose):
     for index in range(int(epoch.numpy()), epochs):
         hooks.on_epoch_begin(index)
         model.reset_metrics()
-        logs = _run_epoch(model, step, distributed)
+        logs = _run_epoch(model, step, distributed, loss_tracker)
         epoch.assign(index + 1)
         if manager is not None:
             manager.save()
@@ -112,21 +113,24 @@ def _fit(model, dataset, epochs, strategy, callbacks, checkpoint_dir, verbose):
     return model.history
 
 
-def _run_epoch(model, step, distributed):
+def _run_epoch(model, step, distributed, loss_tracker):
     """Runs `step` over one pass of `distributed`; returns the epoch's logs (mean loss, metrics)."""
-    total, count = 0.0, 0.0
+    loss_tracker.reset_state()
     for batch in distributed:
-        loss, size = step(batch)
-        total, count = total + loss * size, count + size
-    logs = {"loss": float(total / count)}
+        step(batch)
+    logs = {"loss": float(loss_tracker.result())}
     for name, value in model.get_metrics_result().items():
         if name != "loss":
             logs[name] = float(value)
     return logs
 
 
-def _train_step(model, strategy):
-    """A `tf.function` `step(batch) -> (mean loss, size)` of one global batch, summed over the replicas."""
+def _train_step(model, strategy, loss_tracker):
+    """A `tf.function` `step(batch)` training on one global batch; `loss_tracker` averages the loss per example.
+
+    Nothing is reduced across replicas in the step but the gradients: the
+    loss and the metrics are summed when they are read, once per epoch.
+    """
     loss_fn = _per_example_loss(model)
 
     def replica_step(batch):
@@ -140,13 +144,13 @@ def _train_step(model, strategy):
         variables = model.trainable_variables
         model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        # This replica's share of the batch's mean loss, and of its examples.
-        return loss, tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], loss.dtype)
+        # `loss` is this replica's share of the batch's mean loss: times the replicas, the mean of its part.
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
 
     @tf.function
     def step(batch):
-        loss, size = strategy.run(replica_step, args=(batch,))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", size, axis=None)
+        strategy.run(replica_step, args=(batch,))
 
     return step
 
