@@ -1,4 +1,4 @@
-"""The main job: train, prune on a schedule with `model.fit`, export to TFLite."""
+"""The main job: train, prune on a schedule with `model.fit` (or `tfsparse.distribute.train`), export to TFLite."""
 
 import contextlib
 
