@@ -1,6 +1,6 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
-from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
+from tfsparse import callbacks, data, distribute, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
 from tfsparse.methods import (
     csgd,
     csgd_prune,
@@ -28,6 +28,7 @@ __all__ = [
     "csgd",
     "csgd_prune",
     "data",
+    "distribute",
     "export",
     "finetune",
     "freezenet",

@@ -116,3 +116,13 @@ def keras_mask(tensor):
     from keras.src.backend import get_keras_mask
 
     return get_keras_mask(tensor)
+
+
+def build_for_training(model, batch):
+    """Builds a compiled model's layers, compiled loss, metrics and optimizer for `batch`.
+
+    `model.fit` does this before its first step (`_symbolic_build`), so
+    that no variable is created inside a replica's step; a training loop
+    over `strategy.run` needs the same, and Keras has no public call for it.
+    """
+    model._symbolic_build(data_batch=batch)

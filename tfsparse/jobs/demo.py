@@ -1,12 +1,15 @@
-"""The main job: train, prune on a schedule with `model.fit`, export to TFLite."""
+"""The main job: train, prune on a schedule with `model.fit` (or `tfsparse.distribute.train`), export to TFLite."""
+
+import contextlib
 
 import keras
 import matplotlib
+import tensorflow as tf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfsparse import export, schedules  # noqa: E402
+from tfsparse import distribute, export, schedules  # noqa: E402
 from tfsparse.jobs import common  # noqa: E402
 from tfsparse.methods import prune_low_magnitude  # noqa: E402
 from tfsparse.model_summary import summary  # noqa: E402
@@ -20,6 +23,13 @@ def add_arguments(parser):
     parser.add_argument("--sparsity", type=float, default=0.9, help="final sparsity of the pruned model")
     parser.add_argument("--scope", default="layer", choices=("layer", "global"),
                         help="one magnitude threshold per layer (TFMOT's rule) or across layers")
+    parser.add_argument("--strategy", default="none", choices=STRATEGIES,
+                        help="train with model.fit (none), or with tfsparse.distribute.train under MirroredStrategy "
+                             "(this host's devices) or MultiWorkerMirroredStrategy (the cluster in TF_CONFIG; run "
+                             "the same command on every worker); --batch-size is the global batch")
+
+
+STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 class _SparsityHistory(keras.callbacks.Callback):
@@ -36,21 +46,32 @@ class _SparsityHistory(keras.callbacks.Callback):
 def run(args):
     if not 0.0 <= args.sparsity < 1.0:
         raise SystemExit(f"--sparsity must be in [0, 1), received: {args.sparsity}.")
+    strategy = _strategy(args.strategy)  # before any TensorFlow op: collectives are configured at startup
     out = common.output_dir(args)
     train, test, shape, classes = common.load_data(args)
 
+    fit = _fit if strategy is None else _distributed_fit(strategy)
+    if strategy is not None:
+        train = train.unbatch().batch(args.batch_size, drop_remainder=True)
+    scope = contextlib.nullcontext if strategy is None else strategy.scope
+
     print(f"\n1/3 Training dense {args.model} on {args.data} for {args.epochs} epochs")
-    dense = common.compile_model(common.build_model(args, shape, classes))
-    dense_history = dense.fit(train, validation_data=test, epochs=args.epochs, verbose=common.fit_verbosity())
+    with scope():
+        dense = common.compile_model(common.build_model(args, shape, classes))
+    dense_history = fit(dense, train, test, args.epochs, [])
 
     steps = sum(1 for _ in train) * args.epochs
     schedule = schedules.PolynomialDecay(0.0, args.sparsity, begin_step=0, end_step=int(steps * 0.6),
                                          frequency=max(1, steps // (4 * args.epochs)))
     print(f"\n2/3 Pruning to {args.sparsity:.0%} ({args.scope} scope) while fine-tuning for {args.epochs} epochs")
-    pruned = common.compile_model(prune_low_magnitude(dense, schedule, scope=args.scope))
+    with scope():
+        pruned = common.compile_model(prune_low_magnitude(dense, schedule, scope=args.scope))
     record = _SparsityHistory()
-    pruned_history = pruned.fit(train, validation_data=test, epochs=args.epochs, verbose=common.fit_verbosity(),
-                                callbacks=[record])
+    pruned_history = fit(pruned, train, test, args.epochs, [record])
+    if strategy is not None:
+        if not distribute.is_chief(strategy):
+            return None  # the chief exports and reports
+        dense, pruned = _local_copy(dense), _local_copy(pruned)
 
     print("\n3/3 Exporting to TFLite and checking with LiteRT")
     samples = next(iter(test))[0][:16]
@@ -76,6 +97,52 @@ def run(args):
     plot = _plot(dense_history.history, pruned_history.history, record.sparsity, out / "training.png")
     print(f"\nWrote {plot}, {reports['dense'].path} and {reports['pruned'].path}")
     return rows
+
+
+def _strategy(name):
+    """The `tf.distribute` strategy named by --strategy, or None for plain `model.fit`."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return None
+
+
+def _fit(model, train, test, epochs, callbacks):
+    return model.fit(train, validation_data=test, epochs=epochs, verbose=common.fit_verbosity(), callbacks=callbacks)
+
+
+def _distributed_fit(strategy):
+    """`fit(model, train, test, epochs, callbacks)` with `tfsparse.distribute.train` under `strategy`."""
+    def fit(model, train, test, epochs, callbacks):
+        return distribute.train(model, train, epochs=epochs, strategy=strategy,
+                                callbacks=[_TestAccuracy(test), *callbacks])
+    return fit
+
+
+class _TestAccuracy(keras.callbacks.Callback):
+    """Adds `val_accuracy` on `test` to the logs of each epoch (direct calls, which every strategy allows)."""
+
+    def __init__(self, test):
+        super().__init__()
+        self.test = test
+
+    def on_epoch_end(self, epoch, logs=None):
+        right = total = 0
+        for x, y in self.test:
+            predicted = keras.ops.argmax(self.model(x, training=False), axis=-1)
+            right += int(keras.ops.sum(keras.ops.cast(predicted == keras.ops.cast(y, predicted.dtype), "int32")))
+            total += int(y.shape[0])
+        logs["val_accuracy"] = right / total
+
+
+def _local_copy(model):
+    """A copy of a model trained under a strategy, with plain variables, compiled, for export and evaluation."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return common.compile_model(copy)
 
 
 def _plot(dense, pruned, sparsity, path):
