@@ -14,7 +14,8 @@ import pytest
 
 RTOL = 1e-5
 
-pytestmark = pytest.mark.slow
+# One pair of worker processes serves every test of this file: keep them on one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiworker")]
 
 
 @pytest.fixture(scope="module")
