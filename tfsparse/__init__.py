@@ -1,5 +1,9 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
+from tfsparse import native_logs
+
+native_logs.silence_for_command()  # before anything imports TensorFlow
+
 from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
 from tfsparse.methods import (
     csgd,
