@@ -479,3 +479,10 @@ def test_a_compile_config_in_the_file_is_ignored(saved, tmp_path):
     target = tmp_path / "compiled.tfsparse"
     _rewrite(path, target, add_compile_config)
     assert not ts.export.load_compact(str(target)).compiled
+
+
+def test_a_header_beyond_the_limit_is_refused_at_save_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"needs a header of \d+ bytes.*at most 1000 bytes"):
+        ts.export.save_compact(_mixed_model(), str(tmp_path / "model.tfsparse"))
+    assert os.listdir(tmp_path) == []

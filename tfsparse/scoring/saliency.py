@@ -231,7 +231,7 @@ def checked_batches(model, data, batches, loss=None):
     Example:
 
     >>> [tuple(x.shape) for x, _, _ in checked_batches(model, (x[:8], y[:8]), 1)]
-    [(8, 28, 28, 1)]
+    [(8, 8, 8, 1)]
     """
     classes = _sparse_classes(model, loss)
     for count, batch in enumerate(_batches(data, batches), start=1):
