@@ -13,7 +13,10 @@ File layout (all integers little-endian):
 
 The header holds the Keras model config, the frozen-weight generator
 (name and version) and seeds, and one entry per variable of the model, in
-`model.weights` order: `"dense"` variables are stored whole; the
+`model.weights` order, named by its layer's path in the model and its
+own name (version 2; version 1 used `variable.path`, which changes when a
+model is rebuilt): its arrays follow each other in the payload, without
+gaps, in that order. `"dense"` variables are stored whole; the
 trainable variable of a `tfsparse.layers.Frozen` weight (`"trained"`)
 stores only the positions where its mask is 1 (gaps between positions as
 LEB128 varints, or a bitmap, whichever is smaller) and the values there,
