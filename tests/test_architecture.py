@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(tfsparse.__file__).parent
 
 # Bottom to top. A module may import its own component and any lower level.
 LEVELS = {
-    "keras_internals": 0, "checks": 0, "data": 1,
+    "keras_internals": 0, "checks": 0, "native_logs": 0, "data": 1,
     "registry": 1,
     "walk": 2, "schedules": 2, "scoring.magnitude": 2, "models": 2,
     "layers": 3,

@@ -1,5 +1,6 @@
 """The main job, `python -m tfsparse demo`, end to end on the embedded data."""
 
+import re
 import subprocess
 import sys
 
@@ -56,3 +57,29 @@ def test_an_error_in_a_job_is_one_line_without_traceback(tmp_path):
     assert "\n" not in str(exit_info.value.code)
     with pytest.raises(ValueError, match="Argument `name`"):
         cli.run(["--verbose", "demo", "--data", "no_such_data", "--out", str(tmp_path)])
+
+
+# What TensorFlow, CUDA probing, absl and the TFLite converter and interpreter
+# log natively, and Keras' warning about `fit(shuffle=True)` on a dataset.
+NATIVE_LOG = r"absl|oneDNN|onednn|cuda|cpu_feature_guard|XNNPACK|SavedModel|^[IWE]\d{4} |shuffle=True"
+
+
+@pytest.mark.slow
+def test_a_job_prints_only_its_own_output(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tfsparse", "demo", "--epochs", "1", "--batch-size", "1024", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "TFLite bytes" in run.stdout
+    noise = [line for line in run.stderr.splitlines() if re.search(NATIVE_LOG, line)]
+    assert noise == []
+
+
+@pytest.mark.slow
+def test_a_failing_job_prints_one_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tfsparse", "demo", "--data", "no_such_data", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("tfsparse demo: error: Argument `name`") and run.stderr.count("\n") == 1

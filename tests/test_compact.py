@@ -160,7 +160,7 @@ def test_damaged_truncated_and_foreign_files_are_rejected(saved, tmp_path):
         "truncated": data[: len(data) // 2],
         "empty": b"",
         "not_compact": b"PK\x03\x04" + data[4:],
-        "version": data[:8] + struct.pack("<I", compact.FORMAT_VERSION + 1) + data[12:],
+        "version": _resealed(data[:8] + struct.pack("<I", compact.FORMAT_VERSION + 1) + data[12:-32]),
     }
     messages = {
         "flipped": "checksum",
@@ -315,3 +315,174 @@ def test_compile_state_is_not_stored_and_an_unregistered_optimizer_does_not_matt
     assert not loaded.compiled
     x, _ = _data(4)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def _resealed(body):
+    """`body` (a file without its checksum) with a valid SHA-256 appended."""
+    return body + hashlib.sha256(body).digest()
+
+
+def test_the_checksum_is_checked_before_the_version(saved, tmp_path):
+    _, path = saved
+    data = open(path, "rb").read()
+    flipped = data[:8] + bytes([data[8] ^ 1]) + data[9:]
+    target = tmp_path / "flipped_version.tfsparse"
+    target.write_bytes(flipped)
+    with pytest.raises(CompactFileError, match="its SHA-256 checksum does not match"):
+        ts.export.load_compact(str(target))
+    target.write_bytes(_resealed(flipped[:-32]))
+    with pytest.raises(CompactFileError, match=f"format version {compact.FORMAT_VERSION ^ 1}"):
+        ts.export.load_compact(str(target))
+
+
+def test_special_files_are_refused_before_reading(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for special in (str(fifo), "/dev/zero", str(tmp_path)):
+        with pytest.raises(CompactFileError, match="not a regular file"):
+            ts.export.load_compact(special)
+
+
+def test_a_header_size_beyond_the_file_is_refused_from_the_prefix(saved, tmp_path):
+    _, path = saved
+    data = open(path, "rb").read()
+    target = tmp_path / "long_header.tfsparse"
+    target.write_bytes(_resealed(data[:12] + struct.pack("<I", 2**32 - 1) + data[16:-32]))
+    with pytest.raises(CompactFileError, match="announces a header of 4294967295 bytes"):
+        ts.export.load_compact(str(target))
+
+
+def test_a_header_that_inflates_beyond_the_limit_is_refused(saved, tmp_path):
+    _, path = saved
+    data, _, payload = _split(path)
+    packed = zlib.compress(b" " * (compact.MAX_HEADER_BYTES + 1), 9)
+    target = tmp_path / "bomb.tfsparse"
+    target.write_bytes(_resealed(data[:12] + struct.pack("<I", len(packed)) + packed + payload))
+    with pytest.raises(CompactFileError, match=f"header inflates beyond {compact.MAX_HEADER_BYTES} bytes"):
+        ts.export.load_compact(str(target))
+
+
+def test_a_deeply_nested_header_raises_the_documented_error(saved, tmp_path):
+    _, path = saved
+    data, header, payload = _split(path)
+    header["model"]["config"]["nested"] = "NESTED"
+    text = json.dumps(header).replace('"NESTED"', "[" * 100_000 + "]" * 100_000)
+    packed = zlib.compress(text.encode())
+    target = tmp_path / "nested.tfsparse"
+    target.write_bytes(_resealed(data[:12] + struct.pack("<I", len(packed)) + packed + payload))
+    with pytest.raises(CompactFileError, match="malformed header"):
+        ts.export.load_compact(str(target))
+
+
+def test_a_huge_declared_model_is_refused_before_any_layer_is_built(tmp_path):
+    inputs = keras.Input((32,))
+    model = keras.Model(inputs, Frozen(keras.layers.Dense(16, name="wide"), seed=1)(inputs))
+    path = tmp_path / "model.tfsparse"
+    ts.export.save_compact(model, str(path))
+
+    def widen(header):  # 2**31 units: 2**36 weights, 256 GiB of float32
+        header["model"] = json.loads(json.dumps(header["model"]).replace('"units": 16', f'"units": {2**31}'))
+
+    target = tmp_path / "huge.tfsparse"
+    _rewrite(path, target, widen)
+    with pytest.raises(CompactFileError, match=rf"declares {2**36 + 2**31} parameters.*`max_parameters`"):
+        ts.export.load_compact(str(target))
+
+
+def test_max_parameters_bounds_the_weights_the_file_does_not_carry(saved):
+    model, path = saved
+    frozen = sum(int(np.prod(w.shape)) - int(np.sum(m.numpy())) for f in _wrappers(model) if isinstance(f, Frozen)
+                 for w, m in zip(f.prunable_weights, f.masks))
+    with pytest.raises(CompactFileError, match=r"`max_parameters` \(10\)"):
+        ts.export.load_compact(path, max_parameters=10)
+    assert ts.export.load_compact(path, max_parameters=frozen).count_params() == model.count_params()
+    with pytest.raises(ValueError, match="max_parameters"):
+        ts.export.load_compact(path, max_parameters=-1)
+
+
+def _swap_first_two_dense_arrays(header):
+    first, second = [e for e in header["variables"] if e["kind"] == "dense" and e["nbytes"] == 4 * 16][:2]
+    first["offset"], second["offset"] = second["offset"], first["offset"]
+
+
+def _overlap_two_arrays(header):
+    first, second = [e for e in header["variables"] if e["kind"] == "dense"][:2]
+    second["offset"] = first["offset"]
+
+
+def _rename_a_variable(header):
+    header["variables"][0]["path"] = header["variables"][1]["path"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_swap_first_two_dense_arrays, "do not tile the payload"),
+        (_overlap_two_arrays, "do not tile the payload"),
+        (_rename_a_variable, "is stored for variable"),
+    ],
+)
+def test_arrays_tile_the_payload_and_load_into_their_own_variables(saved, tmp_path, change, message):
+    _, path = saved
+    target = tmp_path / "moved.tfsparse"
+    _rewrite(path, target, change)
+    with pytest.raises(CompactFileError, match=message):
+        ts.export.load_compact(str(target))
+
+
+@keras.saving.register_keras_serializable(package="tfsparse_tests")
+class SafeModeProbe(keras.layers.Layer):
+    """A layer that records whether Keras deserializes it in safe mode."""
+
+    seen = []
+
+    def call(self, inputs):
+        return inputs
+
+    @classmethod
+    def from_config(cls, config):
+        from keras.src.saving import serialization_lib
+
+        cls.seen.append(serialization_lib.in_safe_mode())
+        return super().from_config(config)
+
+
+@pytest.fixture
+def unsafe_deserialization():
+    from keras.src.saving import serialization_lib
+
+    before = serialization_lib.in_safe_mode()
+    keras.config.enable_unsafe_deserialization()
+    yield
+    serialization_lib.SafeModeScope(before).__enter__()
+
+
+def test_loading_stays_in_safe_mode_when_the_process_allowed_unsafe_code(tmp_path, unsafe_deserialization):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Frozen(keras.layers.Dense(2), seed=1)(SafeModeProbe()(inputs)))
+    path = str(tmp_path / "probe.tfsparse")
+    ts.export.save_compact(model, path)
+    SafeModeProbe.seen.clear()
+    ts.export.load_compact(path)
+    assert SafeModeProbe.seen and all(SafeModeProbe.seen)
+
+
+def test_a_compile_config_in_the_file_is_ignored(saved, tmp_path):
+    _, path = saved
+    compiled = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    compiled.compile("adam", "mse")
+    compile_config = keras.saving.serialize_keras_object(compiled)["compile_config"]
+
+    def add_compile_config(header):
+        header["model"]["compile_config"] = compile_config
+
+    target = tmp_path / "compiled.tfsparse"
+    _rewrite(path, target, add_compile_config)
+    assert not ts.export.load_compact(str(target)).compiled
+
+
+def test_a_header_beyond_the_limit_is_refused_at_save_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"needs a header of \d+ bytes.*at most 1000 bytes"):
+        ts.export.save_compact(_mixed_model(), str(tmp_path / "model.tfsparse"))
+    assert os.listdir(tmp_path) == []

@@ -174,6 +174,14 @@ def test_fingerprint_mismatch_and_bad_arguments_raise():
         initial_value(_dense_with_unseeded_initializer(), "kernel", 1, "d")
 
 
+def test_a_plain_function_initializer_is_refused_by_name():
+    def ones(shape, dtype=None):
+        return keras.ops.ones(shape, dtype=dtype)
+
+    with pytest.raises(TypeError, match=r"weight 'kernel' of layer 'd' is a plain function \('ones'\).*seed"):
+        Frozen(keras.layers.Dense(3, kernel_initializer=ones, name="d"), seed=1).build((None, 2))
+
+
 def _dense_with_unseeded_initializer():
     class Unseeded(keras.initializers.Initializer):
         def __call__(self, shape, dtype=None):

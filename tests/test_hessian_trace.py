@@ -219,3 +219,13 @@ def test_prune_channels_takes_the_hessian_criterion_by_name():
     model, x, y = _two_groups()
     small = ts.prune_channels(model, 0.25, importance="hessian", data=(x, y), print_fn=None)
     assert small.get_layer("conv1").filters + small.get_layer("conv2").filters == 6
+
+
+def test_an_empty_batch_and_a_non_finite_hessian_vector_product_are_refused():
+    model, x, y = _tiny()
+    x, y = x[:6].copy(), y[:6]
+    with pytest.raises(ValueError, match=r"gave an empty batch \(batch 1\)"):
+        ts.scoring.hessian_trace(model, (x[:0], y[:0]), samples=2, verbose=0)
+    x[2, 1] = np.inf
+    with pytest.raises(ValueError, match="Hessian-vector product over batch 1 of `data` is not finite"):
+        ts.scoring.hessian_trace(model, (x, y), samples=2, verbose=0)

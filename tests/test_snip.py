@@ -146,3 +146,19 @@ def test_scoring_refuses_an_empty_batch_and_data_that_gives_nan_gradients():
         ts.snip(model, 0.9, (x, y))
     with pytest.raises(ValueError, match="not finite"):
         ts.freezenet(model, 0.9, (x, y), seed=1)
+
+
+@pytest.mark.parametrize("method", ["snip", "freezenet"])
+def test_scoring_names_data_that_does_not_fit_the_model(method):
+    prune = {"snip": lambda m, d: ts.snip(m, 0.5, d), "freezenet": lambda m, d: ts.freezenet(m, 0.5, d, seed=1)}[method]
+    x, y = _data(8)
+    cases = [
+        ((x[..., :1], y), r"Argument `data`: batch 1 has inputs of shape \(8, 6, 6, 1\); the model takes \(None, 6, 6, 2\)"),
+        (x, r"Argument `data`: batch 1 has no labels"),
+        (tf.data.Dataset.from_tensor_slices(x).batch(4), r"Argument `data`: batch 1 has no labels"),
+        ((x, y + 3), r"Argument `data`: batch 1 has labels from 3 to 5; the model's 3 outputs take class labels 0 to 2"),
+        ((x, y - 3), r"Argument `data`: batch 1 has labels from -3 to -1"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            prune(_model(), data)

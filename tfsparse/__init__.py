@@ -1,6 +1,11 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
-from tfsparse import callbacks, data, distribute, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
+from tfsparse import native_logs
+
+native_logs.silence_for_command()  # before anything imports TensorFlow
+
+from tfsparse import (  # noqa: E402
+    callbacks, data, distribute, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk)
 from tfsparse.methods import (
     csgd,
     csgd_prune,

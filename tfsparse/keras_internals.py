@@ -7,7 +7,9 @@ the rest of the package reads only public Keras API.
 
 import contextlib
 
+import keras
 from keras.src.backend.common import global_state
+from keras.src.saving import serialization_lib
 
 
 def producing_call(tensor):
@@ -126,3 +128,32 @@ def build_for_training(model, batch):
     over `strategy.run` needs the same, and Keras has no public call for it.
     """
     model._symbolic_build(data_batch=batch)
+
+
+def safe_deserialization():
+    """A scope in which Keras deserializes in safe mode, whatever the process set.
+
+    `keras.saving.deserialize_keras_object(..., safe_mode=True)` yields to
+    the process-wide setting of `keras.config.enable_unsafe_deserialization()`;
+    only Keras' `SafeModeScope`, which `keras.saving.load_model` uses and
+    Keras does not export, takes precedence over it.
+    """
+    return serialization_lib.SafeModeScope(True)
+
+
+@contextlib.contextmanager
+def shape_only_variables():
+    """A scope in which new Keras variables get a shape but no value.
+
+    Inside `keras.StatelessScope(initialize_variables=False)` Keras defers
+    the initialization of new variables and lists them as uninitialized;
+    the next stateless scope to close would initialize them. Keras has no
+    public way to drop them from that list, which must happen so that a
+    model built only to read its shapes never allocates its values.
+    """
+    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", before)

@@ -63,7 +63,8 @@ def initial_value(layer, name, seed, path):
 
     Raises:
         ValueError: if the layer has no such weight or no initializer for it.
-        TypeError: if the initializer draws random values but takes no seed.
+        TypeError: if the initializer is a plain function, or draws random
+            values but takes no seed.
 
     Example:
 
@@ -79,6 +80,13 @@ def initial_value(layer, name, seed, path):
         raise ValueError(
             f"Layer {layer.name!r} ({type(layer).__name__}) has no initializer for its "
             f"weight {name!r}, so its initial value cannot be drawn from a seed."
+        )
+    if not isinstance(initializer, keras.initializers.Initializer):
+        raise TypeError(
+            f"The initializer of weight {name!r} of layer {layer.name!r} is a plain function "
+            f"({getattr(initializer, '__name__', repr(initializer))!r}), which takes no `seed`, so its values "
+            f"cannot be regenerated. Use a `keras.initializers.Initializer` that accepts `seed` "
+            f"(e.g. 'glorot_uniform')."
         )
     config = initializer.get_config()
     if "seed" in config:

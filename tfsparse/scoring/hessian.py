@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfsparse import checks
 from tfsparse.registry import OUT, Unsupported, spec_of
-from tfsparse.scoring.saliency import _batches, _get_loss, _gradients, replica_step
+from tfsparse.scoring.saliency import _get_loss, _gradients, check_finite, checked_batches, replica_step
 from tfsparse.walk import is_wrapper, named_layers, prunable_weights
 
 PER = ("channel", "layer", "weight")
@@ -75,7 +75,10 @@ def hessian_trace(model, data, samples=32, batches=1, per="channel", loss=None, 
 
     Raises:
         ValueError: for a bad `samples`, `batches`, `per`, `seed` or
-            `verbose`, too little data, or a model without prunable weights.
+            `verbose`, too little data, a batch that does not fit the model
+            (empty, no labels, other input shapes, labels out of range), a
+            Hessian-vector product that is not finite (NaN or infinite
+            inputs, say), or a model without prunable weights.
         TypeError: for a bad `data` or `loss`.
 
     Example:
@@ -108,14 +111,15 @@ def hessian_trace(model, data, samples=32, batches=1, per="channel", loss=None, 
         products = step(x, y, sample_weight, *vectors)
         return [r(v * hv) for r, v, hv in zip(reduce, vectors, products)]
 
-    kept = [keras.utils.unpack_x_y_sample_weight(batch) for batch in _batches(data, batches)]
+    kept = list(checked_batches(model, data, batches, loss))
     progress = keras.utils.Progbar(samples, unit_name="sample") if verbose else None
     mean = squares = None
     for count in range(1, samples + 1):
         sample_seed = tf.constant([seed, count], dtype=tf.int64)
         values = None
-        for x, y, sample_weight in kept:
+        for index, (x, y, sample_weight) in enumerate(kept, start=1):
             parts = [np.asarray(p, dtype=np.float64) for p in sample(x, y, sample_weight, sample_seed)]
+            check_finite(parts, "Hessian-vector product", index)
             values = parts if values is None else [a + b for a, b in zip(values, parts)]
         values = [v / len(kept) for v in values]
         # Welford's running mean and sum of squared deviations.

@@ -1,6 +1,7 @@
 """SNIP saliency: `|w * dL/dw|` of every prunable weight, from a few batches."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfsparse import checks
@@ -78,8 +79,9 @@ def mean_gradients(model, variables, data, batches=1, loss=None):
         A list of float tensors, one per variable, shaped like it.
 
     Raises:
-        ValueError: for a bad `batches`, too little data, an empty batch,
-            or a gradient that is not finite (NaN inputs, say).
+        ValueError: for a bad `batches`, too little data, a batch that does
+            not fit the model (see `checked_batches`), or a gradient that
+            is not finite (NaN inputs, say).
         TypeError: for a bad `data` or `loss`.
 
     Example:
@@ -92,16 +94,9 @@ def mean_gradients(model, variables, data, batches=1, loss=None):
     step = _gradient_step(model, variables, _get_loss(model, loss))
     progress = keras.utils.Progbar(batches, unit_name="batch") if batches >= PROGRESS_MIN_BATCHES else None
     total = None
-    for count, batch in enumerate(_batches(data, batches), start=1):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        if not tf.nest.flatten(x) or int(tf.shape(tf.nest.flatten(x)[0])[0]) == 0:
-            raise ValueError(f"Argument `data` gave an empty batch (batch {count}): scores need examples.")
+    for count, (x, y, sample_weight) in enumerate(checked_batches(model, data, batches, loss), start=1):
         grads = step(x, y, sample_weight)
-        if not all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads):
-            raise ValueError(
-                f"The gradient over batch {count} of `data` is not finite (NaN or infinity): check its inputs "
-                f"and labels for NaN or infinite values, or the model for overflow."
-            )
+        check_finite(grads, "gradient", count)
         total = grads if total is None else [t + g for t, g in zip(total, grads)]
         if progress is not None:
             progress.update(count)
@@ -210,6 +205,104 @@ def _batches(data, batches):
             ) from None
 
 
+def checked_batches(model, data, batches, loss=None):
+    """Yields `batches` batches of `data` as `(x, y, sample_weight)`, each checked against `model`.
+
+    A batch must hold examples, labels, inputs of the shapes the model
+    takes (for a model with known inputs), and, for a sparse categorical
+    cross-entropy loss, class labels in `[0, classes)`: scoring would
+    otherwise fail deep inside a traced step, or rank meaningless scores.
+
+    Args:
+        model: a built Keras model.
+        data: as for `snip_saliency`.
+        batches: how many batches to draw from `data`.
+        loss: as for `snip_saliency`.
+
+    Yields:
+        `(x, y, sample_weight)` tuples.
+
+    Raises:
+        ValueError: for too little data, or a batch that is empty, has no
+            labels, inputs of other shapes or labels out of range (naming
+            the batch).
+        TypeError: for a bad `data`.
+
+    Example:
+
+    >>> [tuple(x.shape) for x, _, _ in checked_batches(model, (x[:8], y[:8]), 1)]
+    [(8, 8, 8, 1)]
+    """
+    classes = _sparse_classes(model, loss)
+    for count, batch in enumerate(_batches(data, batches), start=1):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        inputs = tf.nest.flatten(x)
+        if not inputs or int(tf.shape(inputs[0])[0]) == 0:
+            raise ValueError(f"Argument `data` gave an empty batch (batch {count}): scores need examples.")
+        if y is None:
+            raise ValueError(
+                f"Argument `data`: batch {count} has no labels; scoring needs `(x, y)` batches (a tuple of "
+                f"arrays or a dataset of `(x, y)` pairs), received batches of {type(batch).__name__}."
+            )
+        _check_input_shapes(model, inputs, count)
+        if classes is not None:
+            _check_labels(y, classes, count)
+        yield x, y, sample_weight
+
+
+def check_finite(tensors, what, count):
+    """Raises ValueError unless every entry of `tensors` is finite; `what` names them (e.g. "gradient")."""
+    if not all(bool(tf.reduce_all(tf.math.is_finite(t))) for t in tensors):
+        raise ValueError(
+            f"The {what} over batch {count} of `data` is not finite (NaN or infinity): check its inputs "
+            f"and labels for NaN or infinite values, or the model for overflow."
+        )
+
+
+def _check_input_shapes(model, inputs, count):
+    expected = [tuple(t.shape) for t in tf.nest.flatten(getattr(model, "inputs", None) or [])]
+    given = [tuple(int(d) for d in tf.shape(t)) for t in inputs]
+    fits = len(expected) == len(given) and all(
+        len(e) == len(g) and all(a is None or a == b for a, b in zip(e, g)) for e, g in zip(expected, given)
+    )
+    if expected and not fits:
+        raise ValueError(
+            f"Argument `data`: batch {count} has inputs of shape {', '.join(map(str, given))}; the model takes "
+            f"{', '.join(map(str, expected))}."
+        )
+
+
+def _check_labels(y, classes, count):
+    labels = np.asarray(y)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(
+            f"Argument `data`: batch {count} has labels from {labels.min()} to {labels.max()}; the model's "
+            f"{classes} outputs take class labels 0 to {classes - 1}."
+        )
+
+
+def _sparse_classes(model, loss):
+    """The number of classes if the loss is a sparse categorical cross-entropy on a known output width, else None."""
+    function = _resolve_loss(model, loss)
+    sparse = isinstance(function, keras.losses.SparseCategoricalCrossentropy) or (
+        function is keras.losses.sparse_categorical_crossentropy
+    )
+    outputs = tf.nest.flatten(getattr(model, "outputs", None) or [])
+    if not sparse or len(outputs) != 1 or outputs[0].shape[-1] is None:
+        return None
+    return int(outputs[0].shape[-1])
+
+
+def _resolve_loss(model, loss):
+    """The Keras loss function or `keras.losses.Loss` that `loss` names, or None."""
+    if loss is None:
+        loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    try:
+        return keras.losses.get(loss)
+    except (TypeError, ValueError):
+        return None
+
+
 def _get_loss(model, loss):
     """Returns `loss(y_true, y_pred, sample_weight, batch_size)` -> the batch's share of the mean loss.
 
@@ -219,12 +312,7 @@ def _get_loss(model, loss):
     mean loss of the batch (a Keras `Loss` called whole would instead scale
     itself by the number of replicas).
     """
-    if loss is None:
-        loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    try:
-        function = keras.losses.get(loss)
-    except (TypeError, ValueError):
-        function = None
+    function = _resolve_loss(model, loss)
     if isinstance(function, keras.losses.Loss):
         function = function.call
     if not callable(function):

@@ -9,12 +9,21 @@ from tfsparse.checks import check_model
 def copy_layer(layer, weights=None):
     """Returns a new, built copy of `layer` holding `weights`.
 
+    A `keras.layers.Lambda` is returned as it is: it holds Python code and
+    no state, and Keras rebuilds it from its config (the function's
+    bytecode) only in unsafe mode, without the function's globals.
+
     Args:
         layer: a built Keras layer (not a model), or a weightless Keras
             operation of a functional graph (e.g. the slicing `x[:, :4]`).
         weights: list of arrays in `layer.weights` order; defaults to the
             layer's current weights.
+
+    Returns:
+        The new layer (`layer` itself for a `Lambda`).
     """
+    if isinstance(layer, keras.layers.Lambda):
+        return layer
     new = layer.__class__.from_config(layer.get_config())
     if not isinstance(layer, keras.layers.Layer):
         return new
