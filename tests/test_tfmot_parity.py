@@ -133,7 +133,7 @@ def test_global_scope_keeps_one_weight_per_layer():
     kept = [int(layer.masks[0].numpy().sum()) for layer in _masked_layers(pruned)]
     assert kept == [440 - round(0.95 * 440) - 1, 1]
     largest = np.unravel_index(np.argmax(np.abs(small.numpy())), (20, 2))
-    assert pruned.get_layer("masked_small").masks[0].numpy()[largest] == 1
+    assert pruned.get_layer("prune_low_magnitude_small").masks[0].numpy()[largest] == 1
 
 
 def test_global_topk_keeps_exact_count_without_floor():

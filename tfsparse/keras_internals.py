@@ -103,3 +103,14 @@ def forget_compile_state(model):
     """
     model.compiled = False
     model.train_function = model.test_function = model.predict_function = None
+
+
+def input_shape_argument(layer):
+    """Returns the `input_shape` that `layer` was created with, or None.
+
+    Keras keeps it in a private attribute, read by `keras.Sequential` to
+    create the model's input. A pruning wrapper passes it on (as TFMOT's
+    does), so that a Sequential model of wrapped layers is built as the
+    unwrapped one would be; Keras has no public accessor for it.
+    """
+    return getattr(layer, "_input_shape_arg", None)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from tfsparse.checks import ArgumentTypeError
 from tfsparse.registry.channels import ChannelRule
 
 
@@ -129,7 +130,8 @@ def prunable_weight_names(layer):
         A tuple of weight names, e.g. `("kernel",)` for `Dense`.
 
     Raises:
-        TypeError: if the layer type has no prunable weights.
+        ArgumentTypeError: (a `TypeError` and a `ValueError`, as TFMOT
+            raises) if the layer type has no prunable weights.
 
     Example:
 
@@ -137,7 +139,7 @@ def prunable_weight_names(layer):
     ('depthwise_kernel', 'pointwise_kernel')
     """
     if not is_prunable(layer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Layer {layer.name!r} of type {type(layer).__name__} cannot be pruned. Supported layer types: "
             f"{', '.join(prunable_layer_types())} (others can be added with `tfsparse.register_layer`)."
         )
