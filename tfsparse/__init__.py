@@ -1,6 +1,7 @@
 """tfsparse: research-grade sparsity and compression for Keras 3."""
 
-from tfsparse import callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk
+from tfsparse import (
+    callbacks, data, export, layers, models, optimizers, registry, schedules, scoring, surgery, tfmot, walk)
 from tfsparse.methods import (
     csgd,
     csgd_prune,
@@ -52,5 +53,6 @@ __all__ = [
     "strip_pruning",
     "summary",
     "surgery",
+    "tfmot",
     "walk",
 ]

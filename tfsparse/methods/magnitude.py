@@ -133,9 +133,11 @@ def prune_scope():
 
     Example:
 
-    >>> pruned.save("pruned.keras")
+    >>> tfsparse.prune_low_magnitude(model).save("pruned.keras")
     >>> with tfsparse.prune_scope():
     ...     loaded = keras.saving.load_model("pruned.keras")
+    >>> loaded.get_layer("prune_low_magnitude_conv1").layer.name
+    'conv1'
     """
     return keras.saving.custom_object_scope({})
 

@@ -41,8 +41,8 @@ class PruningSchedule:
     the sparsity they are recomputed to. This call is all the wrappers use.
     A subclass either implements `sparsity` (masks are then recomputed at
     steps in `[begin_step, end_step]` (`end_step=-1`: no end) that are a
-    multiple of `frequency` steps after `begin_step`), or overrides
-    `__call__` itself, as TFMOT's schedules do.
+    multiple of `frequency` steps after `begin_step`; by default, every
+    step), or overrides `__call__` itself, as TFMOT's schedules do.
 
     Steps count training batches from 1, as in TFMOT: the k-th batch is step
     k, so `begin_step=0` first prunes at step `frequency`, and
@@ -67,7 +67,7 @@ class PruningSchedule:
                 f"`__call__(step)` (returning `(should_prune, sparsity)`)."
             )
 
-    def __init__(self, begin_step, end_step, frequency):
+    def __init__(self, begin_step=0, end_step=-1, frequency=1):
         self.begin_step = begin_step
         self.end_step = end_step
         self.frequency = frequency
