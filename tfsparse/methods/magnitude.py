@@ -164,6 +164,11 @@ def _wrap_layer(layer, params, skip_unsupported, **kwargs):
 
 def _prune_model(model, params, skip_unsupported):
     if not model.built and isinstance(model, keras.Sequential):
+        if params["scope"] == "global":
+            raise ValueError(
+                f"Argument `scope='global'` needs a built model (its layers' sizes set the shared "
+                f"threshold); model {model.name!r} is not built. Build it first, e.g. `model.build(input_shape)`."
+            )
         # As in TFMOT: the layers are wrapped unbuilt, and build with the model.
         layers = [
             layer if is_wrapper(layer) else _wrap_layer(copy_layer(layer), params, skip_unsupported)
