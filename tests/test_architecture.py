@@ -17,7 +17,7 @@ LEVELS = {
     "scoring": 4, "surgery": 4, "optimizers": 4,
     "methods": 5,
     "callbacks": 6, "export": 6, "model_summary": 6, "distribute": 6,
-    "jobs": 7, "cli": 8, "__main__": 9,
+    "jobs": 7, "tfmot": 7, "cli": 8, "__main__": 9,
     "__init__": 9,
 }
 

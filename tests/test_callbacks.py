@@ -151,6 +151,10 @@ def test_pruning_summaries_bad_arguments(tmp_path):
             PruningSummaries(tmp_path, update_freq=bad)
     with pytest.raises(TypeError, match="`log_dir`"):
         PruningSummaries(3)
+    with pytest.raises(ValueError, match="`log_dir` must be a path"):  # code written for TFMOT catches ValueError
+        PruningSummaries(None)
+    with pytest.raises(ValueError, match="`log_dir` must be a non-empty path, received: ''"):
+        PruningSummaries("")
     with pytest.raises(ValueError, match="no tfsparse wrapper in model 'net'"):
         _fit(_dense_model(), [PruningSummaries(tmp_path)])
 

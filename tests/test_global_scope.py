@@ -123,12 +123,12 @@ def test_missing_or_unbuilt_members_are_named():
     def member(name):
         return Masked.from_config(model.get_layer(name).get_config())
 
-    name = model.get_layer("masked_fc1").group["name"]
+    name = model.get_layer("prune_low_magnitude_fc1").group["name"]
     x = np.ones((1, 8), "float32")
-    alone = keras.Sequential([keras.Input((8,)), member("masked_fc2")])
+    alone = keras.Sequential([keras.Input((8,)), member("prune_low_magnitude_fc2")])
     with pytest.raises(RuntimeError, match=rf"group '{name}' of 2 layers is incomplete.*missing: \[0\], unbuilt: \[\]"):
         alone(x, training=True)
-    holder = Holder(member("masked_fc1"), member("masked_fc2"))
+    holder = Holder(member("prune_low_magnitude_fc1"), member("prune_low_magnitude_fc2"))
     with pytest.raises(RuntimeError, match=rf"group '{name}' of 2 layers is incomplete.*missing: \[\], unbuilt: \[0\]"):
         holder(x, training=True)
     holder(x)  # inference needs no group
@@ -140,6 +140,6 @@ def test_an_index_twice_under_one_model_is_an_error():
     twin = keras.Sequential([keras.models.clone_model(pruned)], name="twin")
     inputs = keras.Input((6,))
     both = keras.Model(inputs, [pruned(inputs), twin(inputs)])
-    name = pruned.get_layer("masked_fc1").group["name"]
+    name = pruned.get_layer("prune_low_magnitude_fc1").group["name"]
     with pytest.raises(RuntimeError, match=rf"group '{name}'.*indices \[0, 1\] appear more than once"):
         both(x, training=True)

@@ -381,7 +381,15 @@ def test_batch_norm_is_left_dense_silently():
         (lambda: Masked(keras.layers.Dense(2), sparsity_m_by_n=(4, 2)), r"`sparsity_m_by_n` must be \(m, n\) with m < n"),
         (lambda: Masked(keras.layers.Dense(2), scope="model"), r"`scope` must be one of \('layer', 'global'\), received: 'model'"),
         (lambda: ts.prune_low_magnitude(keras.layers.Dense(2), scope="global"), r"`scope='global'` needs a whole model"),
-        (lambda: ts.prune_low_magnitude(keras.Sequential([keras.layers.Dense(2)])), r"`model` \('sequential.*'\) is not built"),
+        (lambda: ts.prune_low_magnitude(SmallNet()), r"`model` \('small_net.*'\) is not built"),
+        (
+            lambda: ts.prune_low_magnitude(keras.Sequential([keras.layers.Dense(2)]), scope="global"),
+            r"`scope='global'` needs a built model .*'sequential.*' is not built",
+        ),
+        (
+            lambda: ts.prune_low_magnitude(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]), input_shape=(2,)),
+            r"Keyword arguments \['input_shape'\] are passed on to the wrapper of a single layer.*a model",
+        ),
         (lambda: ts.prune_low_magnitude("model"), r"`to_prune` must be a keras.Model or keras.layers.Layer"),
         (lambda: ts.prune_low_magnitude(keras.layers.Dense(2), pruning_schedule=0.5), r"`pruning_schedule` must be a tfsparse or TFMOT"),
     ],

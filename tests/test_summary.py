@@ -130,7 +130,7 @@ def test_nested_model_matches_stripped_and_count_params():
     pruned.fit(np.random.rand(16, 4, 4, 1), np.random.rand(16, 3), batch_size=8, verbose=0)
     wrapped = ts.summary(pruned, print_fn=None)
     stripped = ts.summary(ts.strip_pruning(pruned), print_fn=None)
-    assert "inner/masked_fc" in {row["layer"] for row in wrapped.rows}
+    assert "inner/prune_low_magnitude_fc" in {row["layer"] for row in wrapped.rows}
     assert wrapped.total["parameters"] == model.count_params()  # masks and steps not counted
     for key in ("parameters", "nonzeros", "flops", "effective_flops", "bytes", "nonzero_bytes"):
         assert wrapped.total[key] == stripped.total[key], key

@@ -231,8 +231,8 @@ def test_wrapped_models_are_stripped_first():
     new = remove_channels(pruned, {"conv2": [0, 1]})
     assert not any(isinstance(layer, ParametrizedWrapper) for layer in new.layers)
     # The masked kernels, not the stored ones, with the removed channels gone.
-    conv1 = keras.ops.convert_to_numpy(pruned.get_layer("masked_conv1").effective_weights()["kernel"])
-    conv2 = keras.ops.convert_to_numpy(pruned.get_layer("masked_conv2").effective_weights()["kernel"])
+    conv1 = keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_conv1").effective_weights()["kernel"])
+    conv2 = keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_conv2").effective_weights()["kernel"])
     np.testing.assert_array_equal(_weights(new, "conv1")[0], conv1)
     np.testing.assert_array_equal(_weights(new, "conv2")[0], conv2[..., 2:])
     assert np.sum(conv1 == 0) == round(0.5 * conv1.size)

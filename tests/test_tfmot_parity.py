@@ -133,7 +133,7 @@ def test_global_scope_keeps_one_weight_per_layer():
     kept = [int(layer.masks[0].numpy().sum()) for layer in _masked_layers(pruned)]
     assert kept == [440 - round(0.95 * 440) - 1, 1]
     largest = np.unravel_index(np.argmax(np.abs(small.numpy())), (20, 2))
-    assert pruned.get_layer("masked_small").masks[0].numpy()[largest] == 1
+    assert pruned.get_layer("prune_low_magnitude_small").masks[0].numpy()[largest] == 1
 
 
 def test_global_topk_keeps_exact_count_without_floor():
@@ -142,3 +142,24 @@ def test_global_topk_keeps_exact_count_without_floor():
     assert [m.numpy().tolist() for m in masks] == [[0.0, 1.0, 1.0], [0.0]]
     floored = ts.scoring.global_topk_masks(scores, 0.5, min_kept=1)
     assert [m.numpy().tolist() for m in floored] == [[0.0, 0.0, 1.0], [1.0]]  # still 2 kept
+
+
+def test_a_tfmot_schedule_subclass_runs_as_it_is():
+    import tensorflow_model_optimization as tfmot  # a dependency; needs tf-keras (the dev extra)
+
+    class EveryThirdStep(tfmot.sparsity.keras.PruningSchedule):
+        """TFMOT's way: override `__call__`, return `(should_prune, sparsity)`."""
+
+        def __call__(self, step):
+            return tf.equal(step % 3, 0), tf.constant(0.5)
+
+        def get_config(self):
+            return {}
+
+    layer = ts.prune_low_magnitude(keras.layers.Dense(10), EveryThirdStep())
+    model = keras.Sequential([keras.Input((10,)), layer])
+    zeros = []
+    for _ in range(3):
+        model(np.ones((1, 10), "float32"), training=True)
+        zeros.append(int(np.sum(layer.masks[0].numpy() == 0)))
+    assert zeros == [0, 0, 50]  # steps 1, 2, 3: pruned at step 3 only

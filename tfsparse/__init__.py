@@ -5,7 +5,8 @@ from tfsparse import native_logs
 native_logs.silence_for_command()  # before anything imports TensorFlow
 
 from tfsparse import (  # noqa: E402
-    callbacks, data, distribute, export, layers, models, optimizers, registry, schedules, scoring, surgery, walk)
+    callbacks, data, distribute, export, layers, models, optimizers, registry, schedules, scoring, surgery, tfmot,
+    walk)
 from tfsparse.methods import (
     csgd,
     csgd_prune,
@@ -16,6 +17,7 @@ from tfsparse.methods import (
     polarize,
     prune_channels,
     prune_low_magnitude,
+    prune_scope,
     recalibrate_batch_norm,
     reinitialize,
     snip,
@@ -45,6 +47,7 @@ __all__ = [
     "optimizers",
     "prune_channels",
     "prune_low_magnitude",
+    "prune_scope",
     "recalibrate_batch_norm",
     "register_layer",
     "registry",
@@ -56,5 +59,6 @@ __all__ = [
     "strip_pruning",
     "summary",
     "surgery",
+    "tfmot",
     "walk",
 ]

@@ -157,3 +157,14 @@ def shape_only_variables():
             yield
     finally:
         global_state.set_global_attribute("uninitialized_variables", before)
+
+
+def input_shape_argument(layer):
+    """Returns the `input_shape` that `layer` was created with, or None.
+
+    Keras keeps it in a private attribute, read by `keras.Sequential` to
+    create the model's input. A pruning wrapper passes it on (as TFMOT's
+    does), so that a Sequential model of wrapped layers is built as the
+    unwrapped one would be; Keras has no public accessor for it.
+    """
+    return getattr(layer, "_input_shape_arg", None)

@@ -133,7 +133,7 @@ def summary(model, print_fn=print, reference=None):
     >>> outputs = pruned(x, training=True)  # a training step sets the masks
     >>> info = tfsparse.summary(pruned, print_fn=None)
     >>> [row["layer"] for row in info.rows]
-    ['masked_conv1', 'masked_conv2', 'masked_conv3', 'masked_logits']
+    ['prune_low_magnitude_conv1', 'prune_low_magnitude_conv2', 'prune_low_magnitude_conv3', 'prune_low_magnitude_logits']
     >>> round(info.total["effective_flops"] / info.total["flops"], 3)
     0.1
 

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfsparse.checks import ArgumentTypeError
 from tfsparse.walk import wrappers
 
 # `tf.summary.scalar` needs the tensorboard package installed; `tf.summary.write`
@@ -43,9 +44,10 @@ class PruningSummaries(keras.callbacks.Callback):
             every `n` epochs.
 
     Raises:
-        TypeError: if `log_dir` is not a path.
-        ValueError: for a bad `update_freq`; at the start of `fit` if the
-            model holds no tfsparse wrapper.
+        ArgumentTypeError: (a `TypeError` and a `ValueError`, as TFMOT
+            raises) if `log_dir` is not a path.
+        ValueError: for an empty `log_dir` or a bad `update_freq`; at the
+            start of `fit` if the model holds no tfsparse wrapper.
 
     Example:
 
@@ -60,10 +62,12 @@ class PruningSummaries(keras.callbacks.Callback):
     def __init__(self, log_dir, update_freq="epoch"):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Argument `log_dir` must be a path (str or os.PathLike), received: "
                 f"{log_dir!r} (of type {type(log_dir).__name__})."
             )
+        if not os.fspath(log_dir):
+            raise ValueError("Argument `log_dir` must be a non-empty path, received: ''.")
         if update_freq != "epoch" and (
             isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
         ):
@@ -75,6 +79,7 @@ class PruningSummaries(keras.callbacks.Callback):
         self.update_freq = update_freq
         self._every = 1 if update_freq == "epoch" else update_freq
         self._writer = None
+        self._epochs_ended = 0
 
     def on_train_begin(self, logs=None):
         self._wrappers = wrappers(self.model)
@@ -86,9 +91,20 @@ class PruningSummaries(keras.callbacks.Callback):
             )
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        """Writes the scalars at the end of epoch `epoch` (every `update_freq` epochs).
+
+        Also runs in TFMOT's custom-training-loop recipe, which calls
+        `on_epoch_end(batch=-1)` alone: without `epoch`, the epoch is the
+        number of epochs this callback has seen end (`batch` is not used),
+        and the writer opens on first use if `on_train_begin` was not called.
+        """
+        epoch = self._epochs_ended if epoch is None else epoch
+        self._epochs_ended = epoch + 1
         if (epoch + 1) % self._every:
             return
+        if self._writer is None:
+            self.on_train_begin()
         with self._writer.as_default():
             for path, layer in self._wrappers:
                 for name, value in layer.effective_weights().items():
@@ -102,8 +118,9 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
-        self._writer.close()
-        self._writer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def get_config(self):
         return {"log_dir": self.log_dir, "update_freq": self.update_freq}

@@ -15,7 +15,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
     on schedule without it. It exists so that code written for TFMOT
     (`callbacks=[UpdatePruningStep()]`) runs unchanged, and it keeps TFMOT's
     check: training a model with no scheduled pruning layer is an error. It
-    has no per-batch hook, so it costs nothing per step.
+    has no per-batch hook, so it costs nothing per step. TFMOT's
+    custom-training-loop recipe (`set_model`, `on_train_begin`,
+    `on_train_batch_begin`, `on_epoch_end(batch=-1)`) runs unchanged.
+
+    One difference from TFMOT: on a model with nothing to prune, TFMOT's
+    callback does nothing, and training goes on dense without a word; this
+    one raises, since pruning was asked for and would silently not happen.
 
     Raises:
         ValueError: at the start of `fit` if the model holds no
@@ -26,7 +32,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     >>> pruned = tfsparse.prune_low_magnitude(model, tfsparse.schedules.ConstantSparsity(0.8, begin_step=1))
     >>> pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> history = pruned.fit(x, y, verbose=0, callbacks=[tfsparse.callbacks.UpdatePruningStep()])
-    >>> int(pruned.get_layer("masked_conv2").pruning_step)  # 256 examples in batches of 32
+    >>> int(pruned.get_layer("prune_low_magnitude_conv2").pruning_step)  # 256 examples in batches of 32
     8
     """
 
@@ -37,6 +43,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 f"holds no tfsparse.layers.Masked layer with a pruning schedule. Wrap the model "
                 f"with `tfsparse.prune_low_magnitude(model, pruning_schedule)` first."
             )
+
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        """Does nothing (masks apply in `call`); accepts TFMOT's call `on_epoch_end(batch=-1)`."""
 
     def get_config(self):
         return {}

@@ -186,24 +186,22 @@ class Masked(ParametrizedWrapper):
         self.pruning_step.assign_add(1)
         members = self._members_to_update()
         if members:
-            # Only the step test runs every step; the target sparsity and the
+            # The schedule is called as TFMOT calls it (`schedule(step)`); the
             # new masks are computed inside the branch, at update steps only.
-            step = self.pruning_step.value
-            should_prune = self.pruning_schedule.should_prune(step)
+            should_prune, sparsity = self.pruning_schedule(self.pruning_step.value)
+            should_prune = tf.cast(should_prune, tf.bool)
             pairs = [pair for layer in members for pair in zip(layer.prunable_weights, layer.masks)]
             if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
                 # Per-replica call: assignments to mirrored variables are
                 # synchronized, which cannot happen inside control flow, so
                 # the cond only computes and every step assigns.
                 new_masks = tf.cond(
-                    should_prune,
-                    lambda: self._new_masks(pairs, self.pruning_schedule.sparsity(step)),
-                    lambda: [m.value for _, m in pairs],
+                    should_prune, lambda: self._new_masks(pairs, sparsity), lambda: [m.value for _, m in pairs]
                 )
                 for (_, m), new in zip(pairs, new_masks):
                     m.assign(new)
             else:
-                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
+                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, sparsity), lambda: tf.constant(False))
 
     def _members_to_update(self):
         """The layers whose masks this call computes, in group order.
@@ -224,8 +222,8 @@ class Masked(ParametrizedWrapper):
             member._updated_in = context
         return members
 
-    def _assign_new_masks(self, pairs, step):
-        for (_, m), new in zip(pairs, self._new_masks(pairs, self.pruning_schedule.sparsity(step))):
+    def _assign_new_masks(self, pairs, sparsity):
+        for (_, m), new in zip(pairs, self._new_masks(pairs, sparsity)):
             m.assign(new)
         return tf.constant(True)
 
@@ -261,7 +259,7 @@ class Masked(ParametrizedWrapper):
         if self.sparsity_m_by_n:
             m, n = self.sparsity_m_by_n
             return m / n
-        return float(self.pruning_schedule.sparsity(self.pruning_step))
+        return float(self.pruning_schedule(self.pruning_step)[1])
 
     def get_config(self):
         config = super().get_config()
@@ -333,8 +331,11 @@ def _check_fires(schedule):
 
     Training steps count from 1, so a schedule that updates only at step 0
     (`begin_step=0, end_step=0`), or ends before its first update, would
-    leave the model dense: TFMOT accepts it silently.
+    leave the model dense: TFMOT accepts it silently. A schedule that
+    overrides `__call__` decides its steps itself and is not checked.
     """
+    if type(schedule).__call__ is not schedules.PruningSchedule.__call__:
+        return schedule
     first = schedule.begin_step if schedule.begin_step >= 1 else schedule.frequency
     if 0 <= schedule.end_step < first:
         raise ValueError(

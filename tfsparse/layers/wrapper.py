@@ -223,6 +223,14 @@ class ParametrizedWrapper(keras.layers.Wrapper):
             examples = keras.ops.cast(keras.ops.shape(outputs)[0], loss.dtype)
             self.add_loss(keras.ops.divide_no_nan(loss, examples))
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Like `keras.layers.Wrapper.from_config`, but leaves the given `config` as it was.
+
+        (Keras' pops the wrapped layer's entry from it.)
+        """
+        return super().from_config(dict(config), custom_objects=custom_objects)
+
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 

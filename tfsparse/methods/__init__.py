@@ -6,7 +6,7 @@ from tfsparse.methods.finetune import finetune, recalibrate_batch_norm
 from tfsparse.methods.freezenet import freezenet, reinitialize, snip
 from tfsparse.methods.hap import hap, implant
 from tfsparse.methods.jackpot import lottery_jackpot
-from tfsparse.methods.magnitude import prune_low_magnitude
+from tfsparse.methods.magnitude import prune_low_magnitude, prune_scope
 from tfsparse.methods.polarization import polarize
 from tfsparse.methods.structured import prune_channels
 
@@ -21,6 +21,7 @@ __all__ = [
     "polarize",
     "prune_channels",
     "prune_low_magnitude",
+    "prune_scope",
     "recalibrate_batch_norm",
     "reinitialize",
     "snip",

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 import keras
 
 from tfsparse import keras_internals
+from tfsparse.checks import ArgumentTypeError
 from tfsparse.registry.channels import ChannelRule
 
 SUBLAYERS = "sublayers"
@@ -171,9 +172,9 @@ def prunable_layer_types():
 
 
 def check_prunable(layer):
-    """Raises `TypeError` (naming the supported layers) unless `is_prunable(layer)`."""
+    """Raises `ArgumentTypeError` (naming the supported layers) unless `is_prunable(layer)`."""
     if not is_prunable(layer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Layer {layer.name!r} of type {type(layer).__name__} cannot be pruned. Supported layer types: "
             f"{', '.join(prunable_layer_types())}, subclasses of these, and layers with a "
             f"`get_prunable_weights()` method (others can be added with `tfsparse.register_layer`)."
@@ -195,7 +196,8 @@ def prunable_weight_names(layer):
         A tuple of weight names, e.g. `("kernel",)` for `Dense`.
 
     Raises:
-        TypeError: if the layer type has no prunable weights.
+        ArgumentTypeError: (a `TypeError` and a `ValueError`, as TFMOT
+            raises) if the layer type has no prunable weights.
         ValueError: if `get_prunable_weights()` is asked of an unbuilt
             layer, or returns something that is not one of the layer's
             weights or a weight whose name is ambiguous.

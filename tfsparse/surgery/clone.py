@@ -46,11 +46,23 @@ def clone_uncompiled(model, **kwargs):
         model: a Sequential or functional model.
         **kwargs: `clone_function`, `call_function` of `clone_model`.
 
+    The inputs of a functional clone keep the names of the model's input
+    layers (Keras would name them after the input tensors), so that a
+    transform and its inverse give back the same configuration.
+
     Returns:
         The clone, not compiled; `model` keeps its compile state.
     """
+    if not isinstance(model, keras.Sequential):
+        kwargs["input_tensors"] = keras.tree.map_structure(_same_input, model.input)
     with keras_internals.compile_state_hidden(model):
         return keras.models.clone_model(model, recursive=True, **kwargs)
+
+
+def _same_input(tensor):
+    """A new `keras.Input` like `tensor`, named as the input layer that produced it."""
+    name = keras_internals.producing_call(tensor).operation.name
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, sparse=tensor.sparse, name=name)
 
 
 def is_graph_model(model):

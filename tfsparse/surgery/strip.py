@@ -1,10 +1,14 @@
 """Removing tfsparse wrappers: a plain Keras model with the effective weights, without closed channels."""
 
+import keras
+
 from tfsparse.checks import check_model
 from tfsparse.layers.gate import gate_sets
+from tfsparse.surgery.clone import copy_layer
 from tfsparse.surgery.graph import dependency_groups
 from tfsparse.surgery.remove import remove_channels
 from tfsparse.surgery.unwrap import unwrap_layers
+from tfsparse.walk import is_wrapper
 
 
 def strip(model):
@@ -20,7 +24,9 @@ def strip(model):
     `transform_layers`).
 
     Args:
-        model: a built Keras model, possibly holding tfsparse wrappers.
+        model: a built Keras model, possibly holding tfsparse wrappers, or
+            an unbuilt Sequential model (whose wrapped layers are returned
+            unwrapped, unbuilt).
 
     Returns:
         An uncompiled `keras.Model` with the same outputs and no wrappers.
@@ -33,6 +39,10 @@ def strip(model):
     >>> float(np.mean(plain.get_layer("conv2").kernel.numpy() == 0))
     0.5
     """
+    if isinstance(model, keras.Sequential) and not model.built:
+        # As TFMOT does: an unbuilt wrapper holds no mask yet, so its layer is
+        # returned as it was given (a copy), and the result is unbuilt too.
+        return keras.Sequential([copy_layer(layer.layer if is_wrapper(layer) else layer) for layer in model.layers], name=model.name)
     check_model(model)
     closed = {}
     for leader, _ in gate_sets(model).values():
