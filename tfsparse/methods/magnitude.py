@@ -204,12 +204,17 @@ def _prune_model(model, params, skip_unsupported):
 
 
 def _unsupported(layers):
-    """Names the layers with weights tfsparse cannot prune (unbuilt: of a type the registry does not know)."""
+    """Names the layers with weights tfsparse cannot prune.
+
+    An unbuilt layer counts when the registry does not know its type, or
+    knows it as prunable but not with these sublayers (an RNN whose cell
+    cannot be pruned).
+    """
     return [
         f"{layer.name} ({type(layer).__name__})"
         for layer in layers
         if not is_prunable(layer) and not is_wrapper(layer) and not isinstance(layer, NEVER_PRUNED)
-        and (layer.weights if layer.built else spec_of(layer) is None)
+        and (layer.weights if layer.built else spec_of(layer) is None or bool(spec_of(layer).prunable))
     ]
 
 
