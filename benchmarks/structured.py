@@ -162,6 +162,8 @@ METHODS = {
        for name, importance in CRITERIA.items() for scope in ("global", "layer")},
     # HAP's comparison: that fraction of the parameters removed, under HAP's layer limit.
     **{f"{name}/params": criterion_method(CRITERIA[name], "global", "params", 0.95) for name in ("l1", "taylor")},
+    # The ratio counted in FLOPs: a baseline at the FLOPs another method reached.
+    "l1/flops": criterion_method("l1", "global", "flops"),
     "hap+implants/params": hap_method(0.1),
     "hap/params": hap_method(0.0),
     "csgd/layer": csgd_method,

@@ -104,7 +104,9 @@ def test_bad_arguments_raise(two_replica_strategy):
 
 
 @pytest.mark.slow
-def test_demo_trains_with_a_strategy(tmp_path):
+def test_demo_trains_with_a_strategy(tmp_path, monkeypatch, two_replica_strategy):
+    # The job's own `MirroredStrategy()` would be a second one in this process (see `two_replica_strategy`).
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", lambda *args, **kwargs: two_replica_strategy)
     dense, pruned = cli.run(["demo", "--epochs", "2", "--sparsity", "0.8", "--strategy", "mirrored",
                              "--out", str(tmp_path)])
     assert pruned["non-zeros"] <= round(0.2 * (pruned["parameters"] - 410)) + 410  # kernels 80% sparse

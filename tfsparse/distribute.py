@@ -71,13 +71,13 @@ def train(model, dataset, epochs=1, strategy=None, callbacks=None, checkpoint_di
 
     Example:
 
-    >>> strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    >>> strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # or MirroredStrategy(), MultiWorkerMirroredStrategy()
     >>> schedule = tfsparse.schedules.ConstantSparsity(0.8, begin_step=1, frequency=2)
     >>> with strategy.scope():
     ...     pruned = tfsparse.prune_low_magnitude(model, schedule)
     ...     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> history = tfsparse.distribute.train(pruned, train_ds, epochs=2, strategy=strategy, verbose=0)
-    >>> int(pruned.get_layer("masked_conv2").pruning_step.numpy())  # 2 epochs of 4 batches
+    >>> int(pruned.get_layer("prune_low_magnitude_conv2").pruning_step.numpy())  # 2 epochs of 4 batches
     8
     """
     strategy = strategy or tf.distribute.get_strategy()
