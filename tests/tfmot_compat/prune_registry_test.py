@@ -14,11 +14,11 @@ from tfsparse.layers import Masked
 
 
 class CustomLayer(keras.layers.Layer):
-    pass
+    """A layer type the registry does not know (upstream's fixture)."""
 
 
 class CustomLayerFromPrunableLayer(keras.layers.Dense):
-    pass
+    """A subclass of a supported layer: pruned as its base class."""
 
 
 class MinimalRNNCell(keras.layers.Layer):
