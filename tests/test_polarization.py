@@ -98,12 +98,13 @@ def test_straight_through_gradient():
     np.testing.assert_allclose(tape.gradient(value, leader.gate_logits.value).numpy(), expected, rtol=1e-5)
 
 
-def test_optimizer_transform_matches_the_layer_loss():
+@pytest.mark.parametrize("make, blocks", [(small_model, 0.0), (_resnet, 0.3)])
+def test_optimizer_transform_matches_the_layer_loss(make, blocks):
     x, y = _data(16)
-    model = small_model()
+    model = make()
     gradients = []
     for add_loss in (True, False):
-        gated = ts.polarize(model, sparsity=0.5, steps=10, warmup=0.0, ramp=0.0, add_loss=add_loss)
+        gated = ts.polarize(model, sparsity=0.5, steps=10, blocks=blocks, warmup=0.0, ramp=0.0, add_loss=add_loss)
         with tf.GradientTape() as tape:
             loss = LOSS(y, gated(x, training=True)) + sum(gated.losses)
         variables = gated.trainable_variables
@@ -114,6 +115,9 @@ def test_optimizer_transform_matches_the_layer_loss():
     assert len(gradients[0]) == len(gradients[1])
     for a, b in zip(*gradients):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    if blocks:  # the regularizer reaches the block logits too
+        assert np.any(gradients[1][[v.path for v in gated.trainable_variables].index(
+            _leader(gated).block_logits.path)])
 
 
 # Gates and strip.
@@ -167,6 +171,43 @@ def test_projection_closes_the_exact_count_and_keeps_a_channel_per_group():
     np.testing.assert_allclose(ts.strip(gated)(x).numpy(), gated(x).numpy(), atol=1e-5)
 
 
+def test_block_gates_close_the_exact_count_and_strip_removes_those_blocks(tmp_path):
+    model = _resnet()
+    blocks = ts.surgery.residual_blocks(model)
+    gated = ts.polarize(model, sparsity=0.3, steps=4, blocks=0.3, warmup=0.0, ramp=0.0, freeze=0.5)
+    leader = _leader(gated)
+    assert leader.bank["blocks"] == list(blocks)
+    # Lowest logits on the last two blocks: they are the ones to close.
+    logits = np.linspace(1.0, -1.0, len(blocks)).astype("float32")
+    leader.block_logits.assign(logits / leader.bank["logit_scale"])
+    x, _ = _data(8)
+    for _ in range(2):
+        gated(x, training=True)
+    closed = leader.closed_blocks()
+    assert closed == list(blocks)[-round(0.3 * len(blocks)):]
+    assert ts.callbacks.gate_statistics(gated)["blocks_open"] == pytest.approx(1 - len(closed) / len(blocks))
+    stripped = ts.strip(gated)
+    np.testing.assert_allclose(stripped(x).numpy(), gated(x).numpy(), atol=1e-5)
+    kept = {layer.name for layer in stripped.layers}
+    for name in blocks:
+        branch = name.replace("_add", "_conv1")
+        assert (name in kept, branch in kept) == ((name not in closed,) * 2), name
+    assert not any(isinstance(layer, ts.layers.BlockGate) for layer in stripped.layers)
+    gated.save(tmp_path / "blocks.keras")
+    loaded = keras.saving.load_model(tmp_path / "blocks.keras")
+    assert _leader(loaded).closed_blocks() == closed
+    np.testing.assert_array_equal(loaded(x).numpy(), gated(x).numpy())
+
+
+def test_residual_blocks_are_the_adds_with_an_identity_shortcut():
+    blocks = ts.surgery.residual_blocks(_resnet())
+    # ResNet-20: 9 blocks, of which the first of stages 2 and 3 project their shortcut.
+    assert sorted(blocks) == sorted(f"stage{s}_block{b}_add" for s in (1, 2, 3) for b in (1, 2, 3)
+                                    if (s, b) not in ((2, 1), (3, 1)))
+    assert set(blocks.values()) == {0}
+    assert ts.surgery.residual_blocks(small_model()) == {}
+
+
 def _open_per_group(leader):
     opened, start = [], 0
     gates = leader.open_gates().numpy()
@@ -185,6 +226,10 @@ def test_polarize_rejects_bad_arguments():
         ts.polarize(small_model(), sparsity=0.5, steps=10, warmup=0.5, ramp=0.2, freeze=0.6)
     with pytest.raises(ValueError, match="wrappers"):
         ts.polarize(ts.polarize(small_model(), steps=10), steps=10)
+    with pytest.raises(ValueError, match="`blocks`.*no residual block"):
+        ts.polarize(small_model(), sparsity=0.5, steps=10, blocks=0.5)
+    with pytest.raises(ValueError, match="blocks"):
+        ts.polarize(_resnet(), sparsity=0.5, steps=10, blocks=1.0)
     inputs = keras.Input((4,))
     with pytest.raises(ValueError, match="no prunable channel group"):
         ts.polarize(keras.Model(inputs, keras.layers.Dense(2)(inputs)), steps=10)

@@ -32,3 +32,14 @@ def test_cli_job_trains_strips_and_saves_a_narrower_model(tmp_path, capsys):
 def test_cli_job_rejects_a_bad_sparsity(tmp_path):
     with pytest.raises(SystemExit):
         cli.run(["polarize", "--sparsity", "1.5", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_cli_job_removes_residual_blocks(tmp_path, capsys):
+    result = cli.run(["polarize", "--model", "resnet20", "--epochs", "1", "--sparsity", "0.3", "--blocks", "0.3",
+                      "--no-dense", "--out", str(tmp_path)])
+    assert result["rows"][1]["max |diff|"] <= 1e-5
+    assert "and the residual blocks" in capsys.readouterr().out
+    adds = [layer for layer in keras.saving.load_model(tmp_path / "polarized.keras").layers
+            if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 9 - round(0.3 * 7)  # 7 of ResNet-20's 9 blocks have an identity shortcut

@@ -13,10 +13,14 @@ POLARIZED = (0.1, 0.9)
 
 
 def gate_statistics(model):
-    """Returns `{"gates_open", "gates_polarized", "gates_consensus"}` of a gated model.
+    """Returns `{"gates_open", "gates_polarized", "gates_consensus"}` of a gated model, and `"blocks_open"`.
 
-    - `gates_open`: fraction of the gates open at inference (what `strip` keeps).
-    - `gates_polarized`: fraction of gate probabilities outside (0.1, 0.9).
+    - `gates_open`: fraction of the channel gates open at inference (what
+      `strip` keeps).
+    - `blocks_open`: with block gates only, the fraction of them open at
+      inference.
+    - `gates_polarized`: fraction of gate probabilities (channels and blocks)
+      outside (0.1, 0.9).
     - `gates_consensus`: for dynamic gates, the fraction of gates whose
       decision was the same for every example of the last training batch
       (mean over the gated layers); 1.0 for static gates.
@@ -32,25 +36,31 @@ def gate_statistics(model):
     sets = gate_sets(model)
     if not sets:
         raise ValueError(f"Model {model.name!r} holds no channel gates; make it with `tfsparse.polarize`.")
-    opened, probabilities, agreement = [], [], []
+    opened, blocks, probabilities, agreement = [], [], [], []
     for leader, members in sets.values():
         opened.append(keras.ops.convert_to_numpy(leader.open_gates()))
         probabilities.append(keras.ops.convert_to_numpy(leader.probabilities()))
-        agreement += [float(layer.agreement.numpy()) for layer in members if layer.dynamic]
+        if leader.has_blocks:
+            blocks.append(keras.ops.convert_to_numpy(leader.open_blocks()))
+            probabilities.append(keras.ops.convert_to_numpy(keras.ops.sigmoid(leader.scaled_block_logits())))
+        agreement += [float(layer.agreement.numpy()) for layer in members if getattr(layer, "dynamic", False)]
     p = np.concatenate(probabilities)
-    return {
+    statistics = {
         "gates_open": float(np.mean(np.concatenate(opened))),
         "gates_polarized": float(np.mean((p <= POLARIZED[0]) | (p >= POLARIZED[1]))),
         "gates_consensus": float(np.mean(agreement)) if agreement else 1.0,
     }
+    if blocks:
+        statistics["blocks_open"] = float(np.mean(np.concatenate(blocks)))
+    return statistics
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
 class GateMonitor(keras.callbacks.Callback):
     """Logs the state of the channel gates at the end of every epoch.
 
-    Adds `gates_open`, `gates_polarized` and `gates_consensus` (see
-    `gate_statistics`) to the epoch's logs, so the progress bar and the
+    Adds `gates_open`, `gates_polarized` and `gates_consensus` (and
+    `blocks_open` with block gates; see `gate_statistics`) to the epoch's logs, so the progress bar and the
     `History` show them, and, given a `log_dir`, writes them as TensorBoard
     scalars `gates/<name>` with the epoch as step. No per-batch hook.
 

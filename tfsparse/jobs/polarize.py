@@ -20,6 +20,7 @@ def add_arguments(parser):
     common.add_common_arguments(parser, epochs=8, model="resnet20")
     parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of the prunable channels to remove")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the gated and dense runs")
+    parser.add_argument("--blocks", type=float, default=0.0, help="fraction of the residual blocks to remove")
     parser.add_argument("--dynamic", action="store_true", help="input-dependent gates during training")
     parser.add_argument("--no-dense", action="store_true", help="skip training the dense model for comparison")
 
@@ -30,9 +31,11 @@ def run(args):
     train, test, shape, classes = common.load_data(args)
     dense = common.build_model(args, shape, classes)
     steps = args.epochs * int(train.cardinality())
-    gated = common.compile_model(polarize(dense, sparsity, steps=steps, dynamic=args.dynamic), args.lr)
+    gated = common.compile_model(polarize(dense, sparsity, steps=steps, blocks=args.blocks, dynamic=args.dynamic),
+                                 args.lr)
+    blocks = f" and {args.blocks:.0%} of the residual blocks" if args.blocks else ""
     print(f"\n1/2 Training {args.model} with channel gates on {args.data} for {args.epochs} epochs "
-          f"({steps} steps), {sparsity:.0%} of the channels to remove")
+          f"({steps} steps), {sparsity:.0%} of the channels{blocks} to remove")
     gated.fit(train, epochs=args.epochs, verbose=common.fit_verbosity(), callbacks=[GateMonitor(out / "logs")])
     stripped = strip(gated)
     stripped.save(out / "polarized.keras")
@@ -47,7 +50,8 @@ def run(args):
         rows.insert(0, common.model_row("dense", dense, test))
     ((leader, _),) = gate_sets(gated).values()
     removed = 1.0 - float(np.mean(np.asarray(leader.open_gates())))
-    print(f"\nRemoved {removed:.2%} of the prunable channels (asked: {sparsity:.2%}).")
+    print(f"\nRemoved {removed:.2%} of the prunable channels (asked: {sparsity:.2%})"
+          + (f" and the residual blocks {', '.join(leader.closed_blocks())}." if args.blocks else "."))
     common.print_table(rows, ["model", "test accuracy", "parameters", "FLOPs", "max |diff|"],
                        percent=("test accuracy",))
     plot = _plot(np.asarray(leader.probabilities()), out / "gate_histogram.png")

@@ -39,6 +39,13 @@ code, so the gate, estimator and schedule are the ones chosen here):
   keeps its highest-ranked channel); from then on these decisions are fixed
   (a non-trainable `decisions` variable) and the network trains on. Before,
   the hard gates follow the logits.
+- **Block gates** (`tfsparse.polarize(..., blocks=f)`): a residual block
+  whose `Add` has an identity shortcut gets one more gate, on the leader too,
+  which multiplies the block's other `Add` inputs (`BlockGate`). A closed
+  block computes its identity, exactly what `tfsparse.surgery.remove_blocks`
+  leaves; at `freeze_step` exactly `round(f * B)` of the `B` block gates
+  close, lowest logits first, with the same regularizer (its sparsity `f`).
+  Block gates are static (no input-dependent term).
 - **Loss.** The leader adds its regularizer's value on the logits to the
   layer losses (`add_loss`), so a plain `compile`/`fit` minimizes it; with
   `add_loss=False` a custom loop adds its gradient instead
@@ -58,8 +65,35 @@ UNGATED = -1
 _EPSILON = 1e-3
 
 
+class GateSetMember:
+    """What every layer of a gate set shares: finding the set's leader.
+
+    A subclass sets `self.gates` (the set's name) and `self._leader_ref = None`.
+    """
+
+    def leader(self):
+        """The leader of this layer's gate set, found in the model being called (or linked last).
+
+        Raises:
+            RuntimeError: if the model holds no leader (or two) for the set.
+        """
+        context = keras_internals.call_context()
+        if context is not None:
+            leader = _find_leader(self.gates, context.entry_layer, self)
+            self._leader_ref = weakref.ref(leader)
+            return leader
+        leader = None if self._leader_ref is None else self._leader_ref()
+        if leader is None:
+            leader = _find_leader(self.gates, self, self)
+        return leader
+
+    def link(self, leader):
+        """Remembers `leader` for calls outside a model call (e.g. `effective_weights`)."""
+        self._leader_ref = weakref.ref(leader)
+
+
 @keras.saving.register_keras_serializable(package="tfsparse")
-class Gated(ParametrizedWrapper):
+class Gated(GateSetMember, ParametrizedWrapper):
     """Multiplies the input slices of a layer's kernels by binary channel gates.
 
     Built by `tfsparse.polarize`, which also sets the arguments below from
@@ -76,11 +110,14 @@ class Gated(ParametrizedWrapper):
         inputs_index: for every channel of the layer's input, its gate (`-1`:
             none); used by dynamic gates.
         bank: `None`, or on the leader `{"groups", "sizes", "channels",
-            "initial_logit", "logit_scale"}`: the producers and size of each
-            gated `ChannelGroup`, the group channels it gates (their order is
-            the order of the logits), the logits' initial value and the factor
+            "initial_logit", "logit_scale"}` and optionally `"blocks"` and
+            `"block_sparsity"`: the producers and size of each gated
+            `ChannelGroup`, the group channels it gates (their order is the
+            order of the logits), the logits' initial value, the factor
             between the stored variable and the logits (a learning-rate
-            multiplier for the gates).
+            multiplier for the gates), the `Add` layers of the gated
+            residual blocks (the order of the block logits) and the
+            fraction of them to close.
         regularizer: on the leader, the loss on the logits and its schedule,
             a `tfsparse.optimizers.Polarization` (any object with its
             methods).
@@ -120,6 +157,10 @@ class Gated(ParametrizedWrapper):
             else regularizer
         self.add_regularizer_loss = bool(add_loss)
         self.dynamic = bool(dynamic)
+        self.block_regularizer = None
+        if self.has_blocks:
+            self.block_regularizer = type(self.regularizer).from_config(
+                {**self.regularizer.get_config(), "sparsity": self.bank["block_sparsity"]})
         self._leader_ref = None
         self._advanced_in = None
 
@@ -127,6 +168,11 @@ class Gated(ParametrizedWrapper):
     def is_leader(self):
         """Whether this layer holds the gate set's logits."""
         return self.bank is not None
+
+    @property
+    def has_blocks(self):
+        """Whether this layer is a leader that also holds block gates."""
+        return self.is_leader and bool(self.bank.get("blocks"))
 
     @property
     def num_gates(self):
@@ -153,6 +199,15 @@ class Gated(ParametrizedWrapper):
         self.step = self.add_weight(
             name="step", shape=(), initializer="zeros", dtype="int64", trainable=False,
             aggregation="only_first_replica")
+        if self.has_blocks:
+            blocks = len(self.bank["blocks"])
+            self.block_logits = self.add_weight(
+                name="block_logits", shape=(blocks,),
+                initializer=keras.initializers.Constant(float(self.bank["initial_logit"]) / scale),
+                dtype=weights[0].dtype)
+            self.block_decisions = self.add_weight(
+                name="block_decisions", shape=(blocks,), initializer="ones", dtype=weights[0].dtype,
+                trainable=False, aggregation="only_first_replica")
 
     # The leader's state.
     def logits(self):
@@ -172,12 +227,37 @@ class Gated(ParametrizedWrapper):
 
     def open_gates(self, training=False):
         """The gate vector: 0/1 values, with a straight-through gradient in training (leader only)."""
-        logits = self.logits()
+        return self._gate_values(self.logits(), self.decisions, training)
+
+    def scaled_block_logits(self):
+        """The block gate logits (leader with blocks only): the stored variable times `logit_scale`."""
+        return self.block_logits * float(self.bank["logit_scale"])
+
+    def open_blocks(self, training=False):
+        """The block gates: 0/1 values in `bank["blocks"]` order, straight-through in training."""
+        return self._gate_values(self.scaled_block_logits(), self.block_decisions, training)
+
+    def _gate_values(self, logits, decisions, training):
+        """`1[logits > 0]` (straight-through to the sigmoid in training), or `decisions` once frozen."""
         hard = keras.ops.cast(logits > 0, logits.dtype)
         if training:
             p = keras.ops.sigmoid(logits)
             hard = hard + (p - keras.ops.stop_gradient(p))
-        return keras.ops.where(self.frozen(), self.decisions, hard)
+        return keras.ops.where(self.frozen(), decisions, hard)
+
+    def regularization_loss(self):
+        """The regularizer's value on every logit of the set at the current step (leader only)."""
+        loss = self.regularizer(self.logits(), self.step)
+        if self.has_blocks:
+            loss = loss + self.block_regularizer(self.scaled_block_logits(), self.step)
+        return loss
+
+    def closed_blocks(self):
+        """Names of the `Add` layers whose block gate is closed at inference (leader only)."""
+        if not self.has_blocks:
+            return []
+        shut = keras.ops.convert_to_numpy(self.open_blocks()) == 0
+        return [name for name, closed in zip(self.bank["blocks"], shut) if closed]
 
     def closed_channels(self):
         """`{group producers: closed group channels}` at inference (leader only)."""
@@ -211,6 +291,15 @@ class Gated(ParametrizedWrapper):
         return tf.tensor_scatter_nd_update(
             tf.ones_like(logits), lowest[:, None], tf.zeros((closed,), logits.dtype))
 
+    def project_blocks(self):
+        """Block decisions with exactly `round(block_sparsity * B)` closed, lowest logits first."""
+        logits = self.scaled_block_logits()
+        closed = round(self.block_regularizer.sparsity * len(self.bank["blocks"]))
+        if closed == 0:
+            return keras.ops.ones_like(logits)
+        _, lowest = tf.math.top_k(-logits, k=closed)
+        return tf.tensor_scatter_nd_update(tf.ones_like(logits), lowest[:, None], tf.zeros((closed,), logits.dtype))
+
     def advance(self):
         """Counts one training step and fixes the decisions at `freeze_step` (leader only).
 
@@ -227,30 +316,13 @@ class Gated(ParametrizedWrapper):
         freeze = self.regularizer.freeze_step
         if freeze is None:
             return
-        self.decisions.assign(tf.cond(
-            keras.ops.equal(self.step, freeze), self.project, lambda: tf.identity(self.decisions.value)))
+        freezing = keras.ops.equal(self.step, freeze)
+        self.decisions.assign(tf.cond(freezing, self.project, lambda: tf.identity(self.decisions.value)))
+        if self.has_blocks:
+            self.block_decisions.assign(
+                tf.cond(freezing, self.project_blocks, lambda: tf.identity(self.block_decisions.value)))
 
     # Every member.
-    def leader(self):
-        """The leader of this layer's gate set, found in the model being called (or linked last).
-
-        Raises:
-            RuntimeError: if the model holds no leader (or two) for the set.
-        """
-        context = keras_internals.call_context()
-        if context is not None:
-            leader = _find_leader(self.gates, context.entry_layer, self)
-            self._leader_ref = weakref.ref(leader)
-            return leader
-        leader = None if self._leader_ref is None else self._leader_ref()
-        if leader is None:
-            leader = _find_leader(self.gates, self, self)
-        return leader
-
-    def link(self, leader):
-        """Remembers `leader` for calls outside a model call (e.g. `effective_weights`)."""
-        self._leader_ref = weakref.ref(leader)
-
     def update_state(self, training):
         if training:
             self.leader().advance()
@@ -279,7 +351,7 @@ class Gated(ParametrizedWrapper):
             inputs = inputs * keras.ops.cast(self._dynamic_gates(self.leader(), inputs), inputs.dtype)
         outputs = super().call(inputs, training=training, **kwargs)
         if self.is_leader and self.add_regularizer_loss:
-            self.add_loss(self.regularizer(self.logits(), self.step))
+            self.add_loss(self.regularization_loss())
         return outputs
 
     def _dynamic_gates(self, leader, inputs):
@@ -308,10 +380,13 @@ class Gated(ParametrizedWrapper):
         return keras.ops.reshape(factors, [-1] + [1] * (len(inputs.shape) - 2) + [len(self.inputs_index)])
 
     def summary_fields(self):
-        """`{"closed gates": n}` on the leader: gates closed at inference."""
+        """`{"closed gates": n}` on the leader (and `"closed blocks"` with block gates): closed at inference."""
         if not self.is_leader:
             return {}
-        return {"closed gates": int(keras.ops.sum(1 - self.open_gates()))}
+        fields = {"closed gates": int(keras.ops.sum(1 - self.open_gates()))}
+        if self.has_blocks:
+            fields["closed blocks"] = len(self.closed_blocks())
+        return fields
 
     def target_sparsity(self):
         """The regularizer's sparsity on the leader, else None."""
@@ -331,6 +406,54 @@ class Gated(ParametrizedWrapper):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfsparse")
+class BlockGate(GateSetMember, keras.layers.Wrapper):
+    """The `Add` of a residual block, with the block's branches multiplied by a binary gate.
+
+    Built by `tfsparse.polarize(..., blocks=f)`: the gate is entry `block` of
+    the leader's block gates (see `Gated`); the `Add` input at `identity`
+    (the shortcut) passes as it is. A closed block computes its shortcut,
+    as after `tfsparse.surgery.remove_blocks`. `tfsparse.strip` removes the
+    closed blocks and returns the others as plain `Add` layers.
+
+    Args:
+        layer: the block's `keras.layers.Add`.
+        gates: name of the gate set (as `Gated`'s).
+        block: the block's index among the leader's block gates.
+        identity: the index of the shortcut among the `Add`'s inputs.
+        **kwargs: base layer arguments.
+
+    Example:
+
+    >>> gated = tfsparse.polarize(tfsparse.models.resnet20((8, 8, 1), width=0.25), 0.3, steps=10, blocks=0.3)
+    >>> len([layer for layer in gated.layers if isinstance(layer, BlockGate)])  # 7 blocks have an identity shortcut
+    7
+    """
+
+    def __init__(self, layer, gates, block, identity, **kwargs):
+        super().__init__(layer, **kwargs)
+        if type(layer) is not keras.layers.Add:
+            raise ValueError(f"Argument `layer` must be a keras.layers.Add, received: {type(layer).__name__}.")
+        self.gates = gates
+        self.block = int(block)
+        self.identity = int(identity)
+        self._leader_ref = None
+
+    def call(self, inputs, training=None):
+        leader = self.leader()
+        if training:
+            leader.advance()
+        gate = leader.open_blocks(training)[self.block]
+        return self.layer.call([x if i == self.identity else x * keras.ops.cast(gate, x.dtype)
+                                for i, x in enumerate(inputs)])
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "gates": self.gates, "block": self.block, "identity": self.identity}
+
+
 def _find_leader(gates, entry_layer, caller):
     leaders = [layer for _, layer in named_layers(entry_layer)
                if isinstance(layer, Gated) and layer.gates == gates and layer.is_leader]
@@ -344,7 +467,7 @@ def _find_leader(gates, entry_layer, caller):
 
 
 def gate_sets(model):
-    """Returns `{gate set name: (leader, members)}` for the `Gated` layers of `model`, linking every member.
+    """Returns `{gate set name: (leader, members)}` for the `Gated` and `BlockGate` layers of `model`, linking each.
 
     After this, the members' `effective_weights()` work outside a model call.
 
@@ -359,7 +482,7 @@ def gate_sets(model):
     """
     members = {}
     for _, layer in named_layers(model):
-        if isinstance(layer, Gated):
+        if isinstance(layer, (Gated, BlockGate)):
             members.setdefault(layer.gates, []).append(layer)
     sets = {}
     for name, layers in members.items():

@@ -8,15 +8,16 @@ docstrings). Whole-block gates of the paper's first version are not built.
 """
 
 from tfsparse import checks
-from tfsparse.layers.gate import UNGATED, Gated
+from tfsparse.layers.gate import UNGATED, BlockGate, Gated
 from tfsparse.layers.masked import new_group_name
 from tfsparse.optimizers.polarization import Polarization
 from tfsparse.surgery.clone import copy_layer, transform_layers
 from tfsparse.surgery.graph import CONSUMER, ChannelGraph, checked_model
+from tfsparse.surgery.replace import residual_blocks
 from tfsparse.walk import check_unwrapped
 
 
-def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.2, freeze=0.6,
+def polarize(model, sparsity=0.5, steps=None, blocks=0.0, dynamic=False, warmup=0.1, ramp=0.2, freeze=0.6,
              polarization_weight=30.0, sparsity_weight=600.0, consensus_weight=1.0, t=0.5, initial_logit=1.0,
              logit_scale=30.0, add_loss=True):
     """Returns a copy of `model` whose channels pass through trainable binary gates.
@@ -35,7 +36,12 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
     the closed channels and the gates; the outputs do not change.
 
     `sparsity` counts channels of the prunable groups, as
-    `tfsparse.prune_channels(ratio=..., target="channels")` does.
+    `tfsparse.prune_channels(ratio=..., target="channels")` does. With
+    `blocks`, every residual block with an identity shortcut (see
+    `tfsparse.surgery.residual_blocks`) also gets a gate on its branches
+    (`tfsparse.layers.BlockGate`), and exactly `round(blocks * B)` of the `B`
+    blocks close at `freeze`; `strip` removes them whole (their channels
+    with them, so more than `sparsity` of the channels go).
 
     Args:
         model: a built functional or Sequential `keras.Model` without
@@ -44,6 +50,8 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
             [0, 1).
         steps: the number of training steps (batches) the gated model will
             be trained for.
+        blocks: fraction of the residual blocks to remove, in [0, 1); 0 (or
+            False) adds no block gate.
         dynamic: whether gates depend on the input during training (a small
             term from pooled features, pulled to a consensus).
         warmup: fraction of `steps` without regularization.
@@ -69,8 +77,9 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
     Raises:
         TypeError: if `model` is not a functional or Sequential model.
         ValueError: for a bad argument, a model that already holds tfsparse
-            wrappers, a model with no prunable channel group, or a sparsity
-            that would empty a layer.
+            wrappers, a model with no prunable channel group, a sparsity
+            that would empty a layer, or `blocks` > 0 on a model without a
+            residual block with an identity shortcut.
 
     Example:
 
@@ -100,17 +109,43 @@ def polarize(model, sparsity=0.5, steps=None, dynamic=False, warmup=0.1, ramp=0.
         raise ValueError(f"Argument `model` ({model.name!r}) has no prunable channel group: there is nothing to gate.")
     gate_of, bank = _number_gates(grouped, sparsity)
     bank.update(initial_logit=float(initial_logit), logit_scale=float(logit_scale))
+    shortcuts = _gated_blocks(graph.model, blocks)
+    if shortcuts:
+        bank.update(blocks=list(shortcuts), block_sparsity=float(blocks))
     consumers = _consumer_arguments(graph, grouped, gate_of)
     leader = min(consumers, key=graph.order.get)
     name = new_group_name()
 
     def wrap(layer):
+        if layer.name in shortcuts:
+            return BlockGate(copy_layer(layer), gates=name, block=list(shortcuts).index(layer.name),
+                             identity=shortcuts[layer.name])
         if layer.name not in consumers:
             return copy_layer(layer)
         extra = dict(bank=bank, regularizer=regularizer, add_loss=add_loss) if layer.name == leader else {}
         return Gated(copy_layer(layer), gates=name, dynamic=dynamic, **consumers[layer.name], **extra)
 
     return transform_layers(graph.model, wrap)
+
+
+def _gated_blocks(model, blocks):
+    """`{Add name: identity index}` of the blocks to gate: none for `blocks` 0 or False, else every one.
+
+    Raises:
+        ValueError: for `blocks` outside [0, 1), or > 0 on a model without a removable block.
+    """
+    if blocks is False:
+        return {}
+    blocks = checks.check_fraction(blocks, "blocks")
+    if blocks == 0:
+        return {}
+    found = residual_blocks(model)
+    if not found:
+        raise ValueError(
+            f"Argument `blocks`={blocks} asks for block gates, but model {model.name!r} has no residual block with "
+            f"an identity shortcut (an `Add` one of whose inputs all others are computed from)."
+        )
+    return found
 
 
 def _schedule(steps, warmup, ramp, freeze):

@@ -159,7 +159,7 @@ def polarization_gradients(model, gradients, variables):
 
     Returns:
         The list of gradients with the regularizer's gradient added to the
-        gate logits' entries.
+        gate logits' entries (channel and block gates).
 
     Raises:
         ValueError: if `model` holds no gates, or a gate set's logits are not
@@ -182,15 +182,16 @@ def polarization_gradients(model, gradients, variables):
     gradients = list(gradients)
     position = {id(v): i for i, v in enumerate(variables)}
     for leader, _ in sets.values():
-        variable = leader.gate_logits
-        if id(variable) not in position:
+        logits = [leader.gate_logits] + ([leader.block_logits] if leader.has_blocks else [])
+        missing = [v.path for v in logits if id(v) not in position]
+        if missing:
             raise ValueError(
-                f"Argument `variables` does not hold the gate logits {variable.path!r} of {leader.name!r}; pass "
+                f"Argument `variables` does not hold the gate logits {missing} of {leader.name!r}; pass "
                 f"`model.trainable_variables`."
             )
         with tf.GradientTape() as tape:
-            loss = leader.regularizer(leader.logits(), leader.step)
-        extra = tape.gradient(loss, variable.value)
-        i = position[id(variable)]
-        gradients[i] = extra if gradients[i] is None else gradients[i] + extra
+            loss = leader.regularization_loss()
+        for variable, extra in zip(logits, tape.gradient(loss, [v.value for v in logits])):
+            i = position[id(variable)]
+            gradients[i] = extra if gradients[i] is None else gradients[i] + extra
     return gradients

@@ -174,19 +174,57 @@ def remove_blocks(model, merge_names):
     return _clone_calls(view, replace)
 
 
+def residual_blocks(model):
+    """Returns `{Add name: identity input index}` for the residual blocks `remove_blocks` can drop.
+
+    A block qualifies when its `Add` is called once and one of its inputs,
+    of the output's shape, is an ancestor of all the others (an identity
+    shortcut; a projection shortcut does not qualify).
+
+    Args:
+        model: a built functional or Sequential `keras.Model`.
+
+    Returns:
+        A dict, in the model's layer order.
+
+    Example:
+
+    >>> blocks = tfsparse.surgery.residual_blocks(tfsparse.models.resnet20(width=0.25))
+    >>> len(blocks), blocks["stage1_block1_add"]  # the first block of stages 2 and 3 projects
+    (7, 0)
+    """
+    view = graph_view(checked_model(model))
+    calls = {}
+    for node in model_calls(view):
+        calls.setdefault(id(node.operation), []).append(node)
+    found = {}
+    for layer in view.layers:
+        nodes = calls.get(id(layer), [])
+        if type(layer) is keras.layers.Add and len(nodes) == 1:
+            index = _identity_index(nodes[0])
+            if index is not None:
+                found[layer.name] = index
+    return found
+
+
 def _identity_of(layer, node):
     """A function returning the identity input of an Add call, given its inputs."""
+    i = _identity_index(node)
+    if i is None:
+        raise ValueError(
+            f"Argument `merge_names`: Add {layer.name!r} has no identity input of its output's shape "
+            f"(an input from which all others are computed); its shortcut is probably a projection."
+        )
+    return lambda *args, **kwargs: [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)][i]
+
+
+def _identity_index(node):
+    """The index of the identity input of an Add call (an ancestor of all other inputs, of the output's shape)."""
     inputs = node.input_tensors
     for i, candidate in enumerate(inputs):
         if all(j == i or _is_ancestor(candidate, other) for j, other in enumerate(inputs)):
-            if tuple(candidate.shape) != tuple(node.output_tensors[0].shape):
-                break
-            return lambda *args, **kwargs: [t for t in keras.tree.flatten(args)
-                                            if isinstance(t, keras.KerasTensor)][i]
-    raise ValueError(
-        f"Argument `merge_names`: Add {layer.name!r} has no identity input of its output's shape "
-        f"(an input from which all others are computed); its shortcut is probably a projection."
-    )
+            return i if tuple(candidate.shape) == tuple(node.output_tensors[0].shape) else None
+    return None
 
 
 def _is_ancestor(tensor, other):

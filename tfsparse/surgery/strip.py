@@ -7,6 +7,7 @@ from tfsparse.layers.gate import gate_sets
 from tfsparse.surgery.clone import copy_layer
 from tfsparse.surgery.graph import dependency_groups
 from tfsparse.surgery.remove import remove_channels
+from tfsparse.surgery.replace import remove_blocks
 from tfsparse.surgery.unwrap import unwrap_layers
 from tfsparse.walk import is_wrapper
 
@@ -18,8 +19,9 @@ def strip(model):
     and the layers are the original Keras layers, so the result saves,
     loads and converts without tfsparse. Channel gates
     (`tfsparse.polarize`) are dropped and the channels they close are
-    removed with `tfsparse.surgery.remove_channels`: the result is narrower
-    and computes what the gated model computes at inference. The input model
+    removed with `tfsparse.surgery.remove_channels`, the residual blocks
+    they close with `tfsparse.surgery.remove_blocks`: the result is narrower
+    (and shallower) and computes what the gated model computes at inference. The input model
     is left unchanged (a subclassed model is changed in place, see
     `transform_layers`).
 
@@ -44,11 +46,12 @@ def strip(model):
         # returned as it was given (a copy), and the result is unbuilt too.
         return keras.Sequential([copy_layer(layer.layer if is_wrapper(layer) else layer) for layer in model.layers], name=model.name)
     check_model(model)
-    closed = {}
+    closed, blocks = {}, []
     for leader, _ in gate_sets(model).values():
         closed.update({producers: channels for producers, channels in leader.closed_channels().items() if channels})
+        blocks += leader.closed_blocks()
     plain = unwrap_layers(model)
-    if not closed:
-        return plain
-    groups = {group.producers: group for group in dependency_groups(plain)}
-    return remove_channels(plain, {groups[producers]: channels for producers, channels in closed.items()})
+    if closed:
+        groups = {group.producers: group for group in dependency_groups(plain)}
+        plain = remove_channels(plain, {groups[producers]: channels for producers, channels in closed.items()})
+    return remove_blocks(plain, blocks) if blocks else plain

@@ -3,6 +3,7 @@
 import keras
 
 from tfsparse.layers.fixed import Fixed
+from tfsparse.layers.gate import BlockGate
 from tfsparse.layers.wrapper import ParametrizedWrapper
 from tfsparse.surgery.clone import copy_layer, transform_layers
 
@@ -10,11 +11,12 @@ from tfsparse.surgery.clone import copy_layer, transform_layers
 def unwrap(layer):
     """Returns a plain copy of a wrapped layer holding its effective weights.
 
-    A `Fixed` layer gives a copy of the layer it wraps; any other layer
+    A `Fixed` layer or a `BlockGate` gives a copy of the layer it wraps
+    (the block gates' decisions are applied by `tfsparse.strip`); any other layer
     needs no change and is returned as it is (the model before and after
     `tfsparse.strip` share it, as in TFMOT's `strip_pruning`).
     """
-    if isinstance(layer, Fixed):
+    if isinstance(layer, (Fixed, BlockGate)):
         return copy_layer(layer.layer)
     if not isinstance(layer, ParametrizedWrapper):
         return layer
