@@ -25,7 +25,9 @@ The structured methods built on the core are rows of the same table:
 in parameters, with and without implants, against `l1/params` and
 `taylor/params`), `csgd/layer` (C-SGD from the dense model for the
 fine-tuning epochs, then the exact trim), `polarization` (gates trained
-from a fresh model for the same total epochs, then stripped) and
+from a fresh model for the same total epochs, then stripped; `/dynamic`
+with input-dependent gates, their consensus measured on the test set;
+`/blocks` also closing a third of the residual blocks) and
 `slimming` (network slimming, Liu et al., 2017: the dense model trained
 with an L1 penalty on BatchNorm gamma, pruned globally by |gamma|,
 fine-tuned).
@@ -113,16 +115,26 @@ def csgd_method(context, ratio):
     return trimmed, {"max_logit_diff": max(float(np.max(np.abs(a - b))) for a, b in logits)}
 
 
-def polarization_method(context, ratio):
-    """Polarization in one pass from a fresh model, trained for the same total epochs as every other method."""
-    keras.utils.set_random_seed(context.seed)
-    epochs = context.epochs + context.finetune_epochs
-    gated = ts.polarize(context.build(), ratio, steps=epochs * int(context.train.cardinality()), logit_scale=10.0)
-    ts.finetune(gated, context.train, epochs, learning_rate=TRAIN_LR, calibration_batches=0, verbose=0)
-    statistics = ts.callbacks.gate_statistics(gated)
-    stripped = ts.strip(gated)
-    ts.recalibrate_batch_norm(stripped, context.train)
-    return stripped, {"removed_channels": 1 - statistics["gates_open"], "polarized": statistics["gates_polarized"]}
+def polarization_method(dynamic=False, blocks=0.0):
+    """A method: polarization in one pass from a fresh model, trained for the same total epochs as every other."""
+
+    def run(context, ratio):
+        keras.utils.set_random_seed(context.seed)
+        epochs = context.epochs + context.finetune_epochs
+        gated = ts.polarize(context.build(), ratio, steps=epochs * int(context.train.cardinality()), blocks=blocks,
+                            dynamic=dynamic, logit_scale=10.0)
+        ts.finetune(gated, context.train, epochs, learning_rate=TRAIN_LR, calibration_batches=0, verbose=0)
+        statistics = ts.callbacks.gate_statistics(gated)
+        extra = {"removed_channels": 1 - statistics["gates_open"], "polarized": statistics["gates_polarized"]}
+        if dynamic:
+            extra["test_consensus"] = ts.callbacks.gate_consensus(gated, context.test)
+        if blocks:
+            extra["removed_blocks"] = 1 - statistics["blocks_open"]
+        stripped = ts.strip(gated)
+        ts.recalibrate_batch_norm(stripped, context.train)
+        return stripped, extra
+
+    return run
 
 
 # Network slimming's L1 penalty on BatchNorm gamma, scaled to this benchmark's short runs: Liu et al. (2017) use
@@ -167,7 +179,10 @@ METHODS = {
     "hap+implants/params": hap_method(0.1),
     "hap/params": hap_method(0.0),
     "csgd/layer": csgd_method,
-    "polarization": polarization_method,
+    "polarization": polarization_method(),
+    "polarization/dynamic": polarization_method(dynamic=True),
+    # A third of the residual blocks with an identity shortcut removed as well.
+    "polarization/blocks": polarization_method(blocks=1 / 3),
     "slimming": slimming_method,
 }
 

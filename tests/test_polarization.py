@@ -296,6 +296,27 @@ def test_dynamic_gates_train_are_monitored_and_strip_exactly(tmp_path):
     assert layer.agreement.numpy() == 1.0
 
 
+def test_gate_consensus_over_a_dataset():
+    x, _ = _data(64)
+    x -= 0.5  # centred: no channel is dead (a channel constant over a batch would agree whatever its gate)
+    gated = ts.polarize(small_model(), sparsity=0.5, steps=10, dynamic=True)
+    batches = [x[:32], (x[32:], np.zeros(32))]
+    assert ts.callbacks.gate_consensus(gated, batches) == 1.0  # no input-dependent term yet
+    leader = _leader(gated)
+    leader.gate_logits.assign(np.full(leader.num_gates, 1e-4, "float32"))
+    dynamic = [layer for layer in gated.layers if isinstance(layer, Gated)]
+    for layer in dynamic:  # every gate sits on its threshold and follows its standardized input
+        layer.dynamic_scale.assign(np.full(layer.dynamic_scale.shape, 10.0, "float32"))
+    assert ts.callbacks.gate_consensus(gated, batches) == 0.0
+    gated(x[:32], training=True)  # the training call's per-layer agreement, on one batch, says the same
+    assert all(float(layer.agreement.numpy()) == 0.0 for layer in dynamic if any(
+        i != -1 for i in layer.inputs_index))
+    with pytest.raises(ValueError, match="no input-dependent gates"):
+        ts.callbacks.gate_consensus(ts.polarize(small_model(), sparsity=0.5, steps=10), batches)
+    with pytest.raises(ValueError, match="no batch"):
+        ts.callbacks.gate_consensus(gated, [])
+
+
 @pytest.mark.slow
 def test_training_on_digits_closes_the_requested_fraction_and_polarizes():
     train = ts.data.load("digits", "train", batch_size=32)

@@ -1,4 +1,4 @@
-"""`GateMonitor`: the open fraction, consensus and polarization of channel gates, per epoch."""
+"""`GateMonitor`: the open fraction, consensus and polarization of channel gates, per epoch; `gate_consensus`."""
 
 import os
 
@@ -23,7 +23,8 @@ def gate_statistics(model):
       outside (0.1, 0.9).
     - `gates_consensus`: for dynamic gates, the fraction of gates whose
       decision was the same for every example of the last training batch
-      (mean over the gated layers); 1.0 for static gates.
+      (mean over the gated layers); 1.0 for static gates. Over a whole
+      dataset, see `gate_consensus`.
 
     Raises:
         ValueError: if `model` holds no gates.
@@ -53,6 +54,55 @@ def gate_statistics(model):
     if blocks:
         statistics["blocks_open"] = float(np.mean(np.concatenate(blocks)))
     return statistics
+
+
+def gate_consensus(model, data):
+    """Returns the fraction of input-dependent gates whose decision is the same for every example of `data`.
+
+    The consensus goal of dynamic gates (`tfsparse.polarize(...,
+    dynamic=True)`): each gated input channel of a consumer decides per
+    example from the static logit plus its learned input-dependent term, as
+    in training (inputs standardized over each batch), whether or not the
+    decisions are fixed already; a gate agrees when it is open for every
+    example of `data`, or closed for every one. Inference and `strip` use
+    the static decisions, so this measures how far the learned dynamic term
+    still disagrees with them, not the outputs.
+
+    Args:
+        model: a gated model with dynamic gates (functional or Sequential).
+        data: an iterable of batches, `x` or `(x, y, ...)` (e.g. the test
+            set as a `tf.data.Dataset`), of at least 2 examples each.
+
+    Returns:
+        A float in [0, 1].
+
+    Raises:
+        ValueError: if `model` holds no dynamic gates or `data` no batch.
+
+    Example:
+
+    >>> gated = tfsparse.polarize(model, sparsity=0.5, steps=10, dynamic=True)
+    >>> gate_consensus(gated, [x[:32], x[32:64]])  # the input-dependent term starts at zero
+    1.0
+    """
+    layers = [layer for _, members in gate_sets(model).values() for layer in members
+              if getattr(layer, "dynamic", False)]
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} holds no input-dependent gates; make it with `tfsparse.polarize(..., dynamic=True)`.")
+    probe = keras.Model(model.input, [layer.input for layer in layers])
+    always_open = always_closed = None
+    for batch in data:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        opened = np.concatenate([np.asarray(layer.dynamic_logits(layer.leader(), inputs)[0]) > 0
+                                 for layer, inputs in zip(layers, keras.tree.flatten(probe(x, training=False)))],
+                                axis=1)
+        batch_open, batch_closed = opened.all(axis=0), (~opened).all(axis=0)
+        always_open = batch_open if always_open is None else always_open & batch_open
+        always_closed = batch_closed if always_closed is None else always_closed & batch_closed
+    if always_open is None:
+        raise ValueError("Argument `data` holds no batch.")
+    return float(np.mean(always_open | always_closed))
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")

@@ -354,8 +354,13 @@ class Gated(GateSetMember, ParametrizedWrapper):
             self.add_loss(self.regularization_loss())
         return outputs
 
-    def _dynamic_gates(self, leader, inputs):
-        """Per-example gates of the input channels `(batch, 1, ..., channels)`; adds the consensus loss."""
+    def dynamic_logits(self, leader, inputs):
+        """Per-example gate logits of the gated input channels, `(batch, gated channels)` (dynamic gates).
+
+        The static logit plus the trainable scale times the channel's pooled
+        input, standardized over the batch. Also returns the gate numbers
+        and the positions of the gated channels among the inputs.
+        """
         gated = [j for j, i in enumerate(self.inputs_index) if i != UNGATED]
         pooled = keras.ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1))) if len(inputs.shape) > 2 \
             else inputs
@@ -364,6 +369,11 @@ class Gated(GateSetMember, ParametrizedWrapper):
         z = (pooled - mean) / (keras.ops.std(pooled, axis=0, keepdims=True) + _EPSILON)
         gate_of = [self.inputs_index[j] for j in gated]
         logits = keras.ops.take(leader.logits(), gate_of)[None, :] + keras.ops.take(self.dynamic_scale, gated) * z
+        return logits, gate_of, gated
+
+    def _dynamic_gates(self, leader, inputs):
+        """Per-example gates of the input channels `(batch, 1, ..., channels)`; adds the consensus loss."""
+        logits, gate_of, gated = self.dynamic_logits(leader, inputs)
         p = keras.ops.sigmoid(logits)
         hard = keras.ops.cast(logits > 0, p.dtype)
         ste = hard + (p - keras.ops.stop_gradient(p))
