@@ -24,7 +24,8 @@ The structured methods built on the core are rows of the same table:
 `hap+implants/params` and `hap/params` (`tfsparse.hap`, the ratio counted
 in parameters, with and without implants, against `l1/params` and
 `taylor/params`), `csgd/layer` (C-SGD from the dense model for the
-fine-tuning epochs, then the exact trim), `polarization` (gates trained
+fine-tuning epochs, then the exact trim; `csgd/scratch`: from a fresh
+model for all the epochs), `polarization` (gates trained
 from a fresh model for the same total epochs, then stripped; `/dynamic`
 with input-dependent gates, their consensus measured on the test set;
 `/blocks` also closing a third of the residual blocks) and
@@ -106,13 +107,26 @@ def hap_method(implant_fraction, samples=32, batches=4):
     return run
 
 
-def csgd_method(context, ratio):
-    """C-SGD from the trained dense model: `ratio` of each group's channels clustered away in the fine-tuning epochs."""
-    model = keras.models.clone_model(context.dense)
-    model.set_weights(context.dense.get_weights())
-    trimmed, _ = ts.csgd_prune(model, ratio, context.train, context.finetune_epochs, seed=context.seed)
-    logits = [(model(x, training=False), trimmed(x, training=False)) for x, _ in context.test.take(4)]
-    return trimmed, {"max_logit_diff": max(float(np.max(np.abs(a - b))) for a, b in logits)}
+def csgd_method(from_scratch=False):
+    """A method: C-SGD, then the exact trim, no fine-tuning.
+
+    From the trained dense model for the fine-tuning epochs (at the
+    fine-tuning rate), or `from_scratch`: from a fresh model for all the
+    epochs (at the training rate), "train wide, then squeeze".
+    """
+
+    def run(context, ratio):
+        keras.utils.set_random_seed(context.seed)
+        if from_scratch:
+            model, epochs, rate = context.build(), context.epochs + context.finetune_epochs, TRAIN_LR
+        else:
+            model, epochs, rate = keras.models.clone_model(context.dense), context.finetune_epochs, context.finetune_lr
+            model.set_weights(context.dense.get_weights())
+        trimmed, _ = ts.csgd_prune(model, ratio, context.train, epochs, learning_rate=rate, seed=context.seed)
+        logits = [(model(x, training=False), trimmed(x, training=False)) for x, _ in context.test.take(4)]
+        return trimmed, {"max_logit_diff": max(float(np.max(np.abs(a - b))) for a, b in logits)}
+
+    return run
 
 
 def polarization_method(dynamic=False, blocks=0.0):
@@ -178,7 +192,8 @@ METHODS = {
     "l1/flops": criterion_method("l1", "global", "flops"),
     "hap+implants/params": hap_method(0.1),
     "hap/params": hap_method(0.0),
-    "csgd/layer": csgd_method,
+    "csgd/layer": csgd_method(),
+    "csgd/scratch": csgd_method(from_scratch=True),
     "polarization": polarization_method(),
     "polarization/dynamic": polarization_method(dynamic=True),
     # A third of the residual blocks with an identity shortcut removed as well.
