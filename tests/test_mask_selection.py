@@ -94,6 +94,36 @@ def test_global_topk_masks_equal_top_k_over_the_concatenation(mode):
                 np.testing.assert_array_equal(g.numpy(), e.reshape(s.shape), err_msg=f"{sparsity}, {min_kept}")
 
 
+def reference_block_mask(scores, sparsity, block_size, pooling):
+    """`block_mask` by its definition: a stable sort of the blocks, the prefix closest to the target."""
+    (rows, cols), (br, bc) = scores.shape, block_size
+    grid = (-(-rows // br), -(-cols // bc))
+    pooled, sizes = np.zeros(grid, np.float32), np.zeros(grid, np.int64)
+    for i, j in np.ndindex(grid):
+        block = scores[i * br:(i + 1) * br, j * bc:(j + 1) * bc]
+        pooled[i, j] = block.max() if pooling == "MAX" else block.mean(dtype=np.float32)
+        sizes[i, j] = block.size
+    order = np.argsort(pooled.reshape(-1), kind="stable")
+    pruned_so_far = np.concatenate([[0], np.cumsum(sizes.reshape(-1)[order])])
+    count = np.argmin(np.abs(pruned_so_far - int(magnitude.num_pruned(sparsity, rows * cols))))
+    kept = np.ones(pooled.size, np.float32)
+    kept[order[:count]] = 0
+    return np.repeat(np.repeat(kept.reshape(grid), br, axis=0), bc, axis=1)[:rows, :cols]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("shape", [(8, 12), (7, 10)], ids=["whole_blocks", "edge_blocks"])
+def test_block_mask_equals_its_definition(mode, shape):
+    for block_size, pooling in itertools.product([(2, 4), (4, 1)], ["AVG", "MAX"]):
+        mask_fn = MODES[mode](lambda s, sparsity: ts.scoring.block_mask(s, sparsity, block_size, pooling))
+        for kind, sparsity in itertools.product(["distinct", "ties"], SPARSITIES):
+            # Scores that are exact in float32 sums, so that pooled ties are ties in both.
+            scores = np.round(np.abs(scores_of(kind, shape, seed=7)) * 8) / 8
+            got = mask_fn(tf.constant(scores), tf.constant(sparsity)).numpy()
+            expected = reference_block_mask(scores, sparsity, block_size, pooling)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{block_size}, {pooling}, {kind}, {sparsity}")
+
+
 def graph_ops(function, *args):
     """The op types of a traced function, with those of its branches and loop bodies."""
     graph_def = tf.function(function).get_concrete_function(*args).graph.as_graph_def()
@@ -107,13 +137,14 @@ def graph_ops(function, *args):
         lambda s: ts.scoring.topk_mask(s, 0.5),
         lambda s: ts.scoring.m_by_n_mask(s, (2, 4)),
         lambda s: ts.scoring.global_topk_masks([s, 2 * s], 0.5, min_kept=1),
+        lambda s: ts.scoring.block_mask(s, 0.5, (2, 4)),
     ],
-    ids=["topk", "m_by_n", "global"],
+    ids=["topk", "m_by_n", "global", "block"],
 )
 def test_masks_select_without_sorting(mask_fn):
     ops = graph_ops(mask_fn, tf.TensorSpec([64, 32]))
     assert "NthElement" in ops
-    assert not ops & {"TopKV2", "TopK"}
+    assert not ops & {"TopKV2", "TopK"}  # tf.argsort is a TopKV2 too
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])

@@ -160,6 +160,10 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
     (between two equally close prefixes, the shorter one), so the pruned
     count is within half a block of the target.
 
+    The selection takes linear time when every block is whole (each side a
+    multiple of the block side); partial edge blocks need a sort of the
+    blocks (not of the entries).
+
     Args:
         scores: a rank-2 float tensor with a static shape.
         sparsity: fraction of the entries to prune, a scalar in [0, 1]
@@ -179,14 +183,40 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
     rows, cols = scores.shape
     sizes = _block_sizes(rows, cols, block_size)
     block_scores = tf.reshape(_pooled_blocks(scores, block_size, pooling, sizes), [-1])
-    order = tf.argsort(block_scores, stable=True)
-    pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes.reshape(-1), order))], axis=0)
-    count = tf.argmin(tf.abs(pruned_so_far - num_pruned(sparsity, rows * cols)), output_type=tf.int32)
-    pruned_in_order = tf.range(tf.size(order)) < count
-    kept = tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), scores.dtype), tf.shape(order))
+    target = num_pruned(sparsity, rows * cols)
+    if np.all(sizes == sizes.flat[0]):
+        kept = _kept_equal_blocks(block_scores, int(sizes.flat[0]), target)
+    else:
+        kept = _kept_blocks_in_order(block_scores, sizes.reshape(-1), target)
     kept = tf.reshape(kept, _grid_shape(rows, cols, block_size))
     br, bc = block_size
     return tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)[:rows, :cols]
+
+
+def _kept_equal_blocks(block_scores, size, target):
+    """1 at the blocks that `block_mask` keeps when every block holds `size` entries, in linear time.
+
+    Pruning `c` blocks prunes `c * size` entries: the closest count to
+    `target` is its nearest multiple of `size`, the lower one at half way.
+    The lowest blocks with equal scores by position are the complement of
+    the highest ones with equal scores by reversed position.
+    """
+    pruned = (target + (size + 1) // 2 - 1) // size
+    reversed_scores = tf.reverse(block_scores, [0])
+    return tf.reverse(_keep_highest(reversed_scores, tf.size(block_scores) - pruned), [0])
+
+
+def _kept_blocks_in_order(block_scores, sizes, target):
+    """1 at the blocks that `block_mask` keeps when edge blocks are smaller: a sort of the blocks.
+
+    The pruned count of a prefix of the blocks' order depends on which
+    (smaller) edge blocks it holds, so the order itself is needed.
+    """
+    order = tf.argsort(block_scores, stable=True)
+    pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes, order))], axis=0)
+    count = tf.argmin(tf.abs(pruned_so_far - target), output_type=tf.int32)
+    pruned_in_order = tf.range(tf.size(order)) < count
+    return tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), block_scores.dtype), tf.shape(order))
 
 
 def _grid_shape(rows, cols, block_size):
