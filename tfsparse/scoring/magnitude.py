@@ -198,8 +198,8 @@ def _kept_equal_blocks(block_scores, size, target):
 
     Pruning `c` blocks prunes `c * size` entries: the closest count to
     `target` is its nearest multiple of `size`, the lower one at half way.
-    The lowest blocks with equal scores by position are the complement of
-    the highest ones with equal scores by reversed position.
+    The pruned blocks, the lowest with equal scores in position order, are
+    the complement of the highest with equal scores in reversed order.
     """
     pruned = (target + (size + 1) // 2 - 1) // size
     reversed_scores = tf.reverse(block_scores, [0])
