@@ -2,8 +2,9 @@
 
 The reference keeps the `keep` highest entries of each row with
 `tf.math.top_k`, whose ties go to the lower index: the rule the masks
-promise. Every mask kind is checked eagerly, inside `tf.function` and
-under XLA (where the threshold is found by bisection instead).
+promise (block masks are checked against their definition, a stable sort
+of the blocks). Every mask kind is checked eagerly, inside `tf.function`
+and under XLA (where the threshold is found by bisection instead).
 """
 
 import itertools
@@ -35,6 +36,7 @@ def reference_keep_highest(values, keep):
 
 
 def reference_topk_mask(scores, sparsity, min_kept=0):
+    """`topk_mask` by the reference selection."""
     size = scores.size
     keep = size - int(magnitude.num_pruned(magnitude.capped_sparsity(sparsity, size, min_kept), size))
     return reference_keep_highest(scores.reshape(-1), keep).reshape(scores.shape)
