@@ -168,3 +168,18 @@ def input_shape_argument(layer):
     unwrapped one would be; Keras has no public accessor for it.
     """
     return getattr(layer, "_input_shape_arg", None)
+
+
+def in_xla_compilation():
+    """Whether the code being traced will be compiled by XLA.
+
+    Some TensorFlow ops have no XLA kernel (`NthElement`, which selects in
+    linear time); a function that uses one needs another path inside
+    `tf.function(jit_compile=True)` (Keras' `compile(jit_compile=True)`).
+    TensorFlow marks such a trace with an XLA control-flow context, which
+    only `tf.__internal__.get_enclosing_xla_context` finds; there is no
+    public name for it in TensorFlow or Keras.
+    """
+    import tensorflow as tf
+
+    return tf.__internal__.get_enclosing_xla_context() is not None

@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from tfsparse import keras_internals
+
 
 def num_pruned(sparsity, size):
     """Returns `round(sparsity * size)` as an int32 tensor: the exact prune count."""
@@ -59,10 +61,87 @@ def topk_mask(scores, sparsity, min_kept=0):
     return tf.reshape(_keep_highest(flat, keep), tf.shape(scores))
 
 
-def _keep_highest(flat, keep):
-    """1.0 at the `keep` highest entries of a vector (ties by position), 0.0 elsewhere."""
-    _, indices = tf.math.top_k(flat, k=keep, sorted=False)
-    return tf.scatter_nd(indices[:, None], tf.ones_like(indices, flat.dtype), tf.shape(flat))
+def _keep_highest(values, keep):
+    """1 at the `keep` highest entries of each row (last axis), 0 elsewhere.
+
+    Linear time: the `keep`-th highest value of each row is the threshold,
+    every entry above it is kept, and of the entries equal to it the first
+    ones by position fill the rest (ties by position, as `tf.math.top_k`).
+
+    Args:
+        values: a float tensor of rank >= 1 with a static last dimension.
+        keep: how many entries to keep in every row, an int32 scalar in
+            `[0, values.shape[-1]]`.
+
+    Returns:
+        A tensor of `values`' shape and dtype.
+
+    Example:
+
+    >>> _keep_highest(tf.constant([[0.3, 0.1, 0.3], [0.1, 0.2, 0.2]]), 2).numpy()
+    array([[1., 0., 1.],
+           [0., 1., 1.]], dtype=float32)
+    """
+    threshold = _kth_highest(values, keep)
+    at_least = values >= threshold
+    # Most updates have no partial tie (one entry equals the threshold);
+    # then the running count of ties is not needed.
+    no_partial_tie = tf.reduce_all(tf.equal(tf.reduce_sum(tf.cast(at_least, tf.int32), axis=-1), keep))
+    kept = tf.cond(no_partial_tie, lambda: at_least, lambda: _first_ties(values, threshold, keep))
+    return tf.cast(kept, values.dtype)
+
+
+def _first_ties(values, threshold, keep):
+    """True above `threshold`, and at the first entries equal to it by position, `keep` in all per row."""
+    above = values > threshold
+    ties = tf.equal(values, threshold)
+    room = keep - tf.reduce_sum(tf.cast(above, tf.int32), axis=-1, keepdims=True)
+    return tf.logical_or(above, tf.logical_and(ties, tf.cumsum(tf.cast(ties, tf.int32), axis=-1) <= room))
+
+
+def _kth_highest(values, keep):
+    """The `keep`-th highest value of each row (the highest when `keep` is 0), with a last axis of 1.
+
+    `NthElement` selects in linear time (`tf.math.top_k` with a large `k`
+    sorts); it has no other public name, and no XLA kernel, so under XLA
+    the value is found by bisection instead.
+    """
+    if keras_internals.in_xla_compilation():
+        return _kth_highest_by_bisection(values, keep)
+    size = values.shape[-1]
+    return tf.raw_ops.NthElement(input=values, n=tf.clip_by_value(size - keep, 0, size - 1))[..., None]
+
+
+def _kth_highest_by_bisection(values, keep):
+    """`_kth_highest` with one counting pass per bit of the dtype (XLA fuses each pass)."""
+    keys = _ordered_keys(values)
+    key_type = keys.dtype
+    enough = tf.maximum(keep, 1)
+
+    def halve(low, high):
+        # The upper midpoint, computed without overflow.
+        mid = tf.bitwise.bitwise_or(low, high) - tf.bitwise.right_shift(tf.bitwise.bitwise_xor(low, high), 1)
+        found = tf.reduce_sum(tf.cast(keys >= mid, tf.int32), axis=-1, keepdims=True) >= enough
+        return tf.where(found, mid, low), tf.where(found, high, mid - 1)
+
+    bounds = [tf.fill(tf.concat([tf.shape(keys)[:-1], [1]], 0), tf.constant(bound, key_type))
+              for bound in (key_type.min, key_type.max)]
+    low, _ = tf.while_loop(
+        lambda low, high: tf.reduce_any(low < high), halve, bounds, maximum_iterations=8 * key_type.size
+    )
+    return tf.bitcast(_flip_negative(low), values.dtype)
+
+
+def _ordered_keys(values):
+    """Integers of the width of `values`' dtype, in the order of the values (-0.0 counts as 0.0)."""
+    key_type = {2: tf.int16, 4: tf.int32, 8: tf.int64}[values.dtype.size]
+    values = tf.where(tf.equal(values, 0), tf.zeros_like(values), values)
+    return _flip_negative(tf.bitcast(values, key_type))
+
+
+def _flip_negative(bits):
+    """Reverses the order of the negative floats' bit patterns (its own inverse)."""
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, bits.dtype.max), bits)
 
 
 def block_mask(scores, sparsity, block_size, pooling="AVG"):
@@ -80,6 +159,10 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
     entries is closest to the target `round(sparsity * rows * cols)`
     (between two equally close prefixes, the shorter one), so the pruned
     count is within half a block of the target.
+
+    The selection takes linear time when every block is whole (each side a
+    multiple of the block side); partial edge blocks need a sort of the
+    blocks (not of the entries).
 
     Args:
         scores: a rank-2 float tensor with a static shape.
@@ -100,14 +183,40 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
     rows, cols = scores.shape
     sizes = _block_sizes(rows, cols, block_size)
     block_scores = tf.reshape(_pooled_blocks(scores, block_size, pooling, sizes), [-1])
-    order = tf.argsort(block_scores, stable=True)
-    pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes.reshape(-1), order))], axis=0)
-    count = tf.argmin(tf.abs(pruned_so_far - num_pruned(sparsity, rows * cols)), output_type=tf.int32)
-    pruned_in_order = tf.range(tf.size(order)) < count
-    kept = tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), scores.dtype), tf.shape(order))
+    target = num_pruned(sparsity, rows * cols)
+    if np.all(sizes == sizes.flat[0]):
+        kept = _kept_equal_blocks(block_scores, int(sizes.flat[0]), target)
+    else:
+        kept = _kept_blocks_in_order(block_scores, sizes.reshape(-1), target)
     kept = tf.reshape(kept, _grid_shape(rows, cols, block_size))
     br, bc = block_size
     return tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)[:rows, :cols]
+
+
+def _kept_equal_blocks(block_scores, size, target):
+    """1 at the blocks that `block_mask` keeps when every block holds `size` entries, in linear time.
+
+    Pruning `c` blocks prunes `c * size` entries: the closest count to
+    `target` is its nearest multiple of `size`, the lower one at half way.
+    The pruned blocks, the lowest with equal scores in position order, are
+    the complement of the highest with equal scores in reversed order.
+    """
+    pruned = (target + (size + 1) // 2 - 1) // size
+    reversed_scores = tf.reverse(block_scores, [0])
+    return tf.reverse(_keep_highest(reversed_scores, tf.size(block_scores) - pruned), [0])
+
+
+def _kept_blocks_in_order(block_scores, sizes, target):
+    """1 at the blocks that `block_mask` keeps when edge blocks are smaller: a sort of the blocks.
+
+    The pruned count of a prefix of the blocks' order depends on which
+    (smaller) edge blocks it holds, so the order itself is needed.
+    """
+    order = tf.argsort(block_scores, stable=True)
+    pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes, order))], axis=0)
+    count = tf.argmin(tf.abs(pruned_so_far - target), output_type=tf.int32)
+    pruned_in_order = tf.range(tf.size(order)) < count
+    return tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), block_scores.dtype), tf.shape(order))
 
 
 def _grid_shape(rows, cols, block_size):
@@ -159,9 +268,7 @@ def m_by_n_mask(scores, m_by_n):
     pad = -channels % n
     flat = tf.reshape(moved, [-1, channels])
     groups = tf.reshape(tf.pad(flat, [[0, 0], [0, pad]], constant_values=-1.0), [-1, n])
-    _, indices = tf.math.top_k(groups, k=n - m, sorted=False)
-    kept = tf.reduce_sum(tf.one_hot(indices, n, dtype=scores.dtype), axis=1)
-    kept = tf.reshape(kept, [-1, channels + pad])[:, :channels]
+    kept = tf.reshape(_keep_highest(groups, n - m), [-1, channels + pad])[:, :channels]
     return tf.experimental.numpy.moveaxis(tf.reshape(kept, shape), -1, -2)
 
 
