@@ -333,3 +333,21 @@ def test_training_on_digits_closes_the_requested_fraction_and_polarizes():
     stripped = ts.strip(gated)
     stripped.compile(loss=LOSS, metrics=["accuracy"])
     assert stripped.evaluate(test, verbose=0)[1] == gated.evaluate(test, verbose=0)[1] > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [
+    lambda: keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35),
+    lambda: keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10),
+], ids=["MobileNetV2", "ResNet50"])
+def test_keras_applications_train_and_strip_exactly_with_block_gates(build):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, 8)
+    gated = ts.polarize(build(), sparsity=0.3, steps=2, blocks=0.3, warmup=0.0, ramp=0.0, freeze=0.5)
+    gated.compile(keras.optimizers.SGD(0.01), LOSS)
+    gated.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    leader = _leader(gated)
+    assert len(leader.closed_blocks()) == round(0.3 * len(leader.bank["blocks"])) > 0
+    stripped = ts.strip(gated)
+    np.testing.assert_allclose(stripped(x).numpy(), gated(x).numpy(), atol=1e-5)
+    assert stripped.count_params() < gated.count_params()
