@@ -168,3 +168,17 @@ def input_shape_argument(layer):
     unwrapped one would be; Keras has no public accessor for it.
     """
     return getattr(layer, "_input_shape_arg", None)
+
+
+def in_xla_compilation():
+    """Is the function being traced compiled by XLA (e.g. `model.compile(jit_compile=True)`)?
+
+    Keras compiles its training step with `tf.function(jit_compile=True)`
+    and tells the layers nothing; TensorFlow marks the graph being traced,
+    but offers no public way to read the mark. A layer needs it to avoid
+    ops that XLA cannot compile (such as `NthElement`).
+    """
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
