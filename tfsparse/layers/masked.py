@@ -25,9 +25,12 @@ def new_group_name():
 
 @keras.saving.register_keras_serializable(package="tfsparse")
 class Masked(ParametrizedWrapper):
-    """Multiplies each prunable weight of a layer by a non-trainable mask.
+    """Multiplies each prunable weight of a layer by a non-trainable 0/1 mask.
 
-    The mask is applied in `call` (`kernel * mask`); the stored kernel is
+    The mask is a boolean variable (one byte per entry; `.keras` files whose
+    masks are floats load as well) applied in `call` as
+    `where(mask, kernel, 0)`, one select in the forward pass and one in the
+    backward pass; the stored kernel is
     never overwritten, so masked entries of the *effective* kernel are exactly
     zero whatever the optimizer does (momentum, Adam, decoupled weight decay).
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
