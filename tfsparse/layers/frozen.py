@@ -5,10 +5,9 @@ import json
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tfsparse.checks import check_seed
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.layers.wrapper import ParametrizedWrapper, select
 from tfsparse.registry import initializer_of
 from tfsparse.walk import weight_named
 
@@ -116,23 +115,6 @@ def _compression(row):
     return row["parameters"] / stored if stored else None
 
 
-@keras.ops.custom_gradient
-def _select(mask, trained, frozen):
-    """`where(mask, trained, frozen)`, differentiated with respect to `trained` only.
-
-    The generic gradient of `where` also builds a tensor of zeros and the
-    gradient of `frozen`; skipping both saves a few percent of a training
-    step of a fully connected model.
-    """
-
-    def grad(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        return None, keras.ops.where(mask, upstream, 0.0), None
-
-    return keras.ops.where(mask, trained, frozen), grad
-
-
 @keras.saving.register_keras_serializable(package="tfsparse")
 class Frozen(ParametrizedWrapper):
     """Trains the masked entries of a layer's weights; the others stay at their init.
@@ -222,10 +204,7 @@ class Frozen(ParametrizedWrapper):
         self.fingerprints = found
 
     def effective_weight(self, index, weight, training):
-        # Plain tensors: `keras.ops.convert_to_tensor` returns variables as they
-        # are, and a custom gradient must not see them as captured variables.
-        mask, weight = tf.convert_to_tensor(self.masks[index]), tf.convert_to_tensor(weight)
-        return _select(mask, weight, self._frozen[index])
+        return select(self.masks[index], weight, self._frozen[index])
 
     def frozen_weights(self):
         """Returns `{weight name: frozen values}` (constants regenerated from the seed)."""

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from tfsparse import keras_internals, schedules
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.layers.wrapper import ParametrizedWrapper, select
 from tfsparse.scoring import magnitude
 from tfsparse.walk import named_layers
 
@@ -25,9 +25,12 @@ def new_group_name():
 
 @keras.saving.register_keras_serializable(package="tfsparse")
 class Masked(ParametrizedWrapper):
-    """Multiplies each prunable weight of a layer by a non-trainable mask.
+    """Multiplies each prunable weight of a layer by a non-trainable 0/1 mask.
 
-    The mask is applied in `call` (`kernel * mask`); the stored kernel is
+    The mask is a boolean variable (one byte per entry; `.keras` files whose
+    masks are floats load as well) applied in `call` as
+    `where(mask, kernel, 0)`, one select in the forward pass and one in the
+    backward pass; the stored kernel is
     never overwritten, so masked entries of the *effective* kernel are exactly
     zero whatever the optimizer does (momentum, Adam, decoupled weight decay).
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
@@ -138,7 +141,7 @@ class Masked(ParametrizedWrapper):
                 name=f"{w.name}_mask",
                 shape=w.shape,
                 initializer="ones",
-                dtype=w.dtype,
+                dtype="bool",
                 trainable=False,
                 aggregation="only_first_replica",
             )
@@ -168,7 +171,7 @@ class Masked(ParametrizedWrapper):
             )
 
     def effective_weight(self, index, weight, training):
-        return weight * self.masks[index]
+        return select(self.masks[index], weight, tf.constant(0, weight.dtype))
 
     def set_masks(self, masks):
         """Sets the masks: a list of 0/1 arrays, one per prunable weight.
@@ -183,25 +186,40 @@ class Masked(ParametrizedWrapper):
         if not training or self.pruning_schedule is None:
             return
         # The k-th training call is step k (counting from 1), as in TFMOT.
-        self.pruning_step.assign_add(1)
+        # One read of the counter: the new value is reused, not read back.
+        step = self.pruning_step + tf.constant(1, tf.int64)
+        self.pruning_step.assign(step)
         members = self._members_to_update()
         if members:
-            # The schedule is called as TFMOT calls it (`schedule(step)`); the
-            # new masks are computed inside the branch, at update steps only.
-            should_prune, sparsity = self.pruning_schedule(self.pruning_step.value)
-            should_prune = tf.cast(should_prune, tf.bool)
             pairs = [pair for layer in members for pair in zip(layer.prunable_weights, layer.masks)]
             if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
                 # Per-replica call: assignments to mirrored variables are
                 # synchronized, which cannot happen inside control flow, so
                 # the cond only computes and every step assigns.
                 new_masks = tf.cond(
-                    should_prune, lambda: self._new_masks(pairs, sparsity), lambda: [m.value for _, m in pairs]
+                    self._should_prune(step), lambda: self._new_masks(pairs, step), lambda: [m.value for _, m in pairs]
                 )
                 for (_, m), new in zip(pairs, new_masks):
                     m.assign(new)
             else:
-                tf.cond(should_prune, lambda: self._assign_new_masks(pairs, sparsity), lambda: tf.constant(False))
+                tf.cond(self._should_prune(step), lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
+
+    def _should_prune(self, step):
+        """Is `step` a mask-update step? The one schedule test of a training call.
+
+        A tfsparse schedule answers with `should_prune` alone, so that its
+        sparsity is computed inside the update branch, at update steps only;
+        other schedules are called as TFMOT calls them (`schedule(step)`).
+        """
+        if _own_call(self.pruning_schedule):
+            return self.pruning_schedule.should_prune(step)
+        return tf.cast(self.pruning_schedule(step)[0], tf.bool)
+
+    def _sparsity(self, step):
+        """The schedule's sparsity at `step`."""
+        if _own_call(self.pruning_schedule):
+            return self.pruning_schedule.sparsity(step)
+        return self.pruning_schedule(step)[1]
 
     def _members_to_update(self):
         """The layers whose masks this call computes, in group order.
@@ -222,21 +240,26 @@ class Masked(ParametrizedWrapper):
             member._updated_in = context
         return members
 
-    def _assign_new_masks(self, pairs, sparsity):
-        for (_, m), new in zip(pairs, self._new_masks(pairs, sparsity)):
+    def _assign_new_masks(self, pairs, step):
+        for (_, m), new in zip(pairs, self._new_masks(pairs, step)):
             m.assign(new)
         return tf.constant(True)
 
-    def _new_masks(self, pairs, sparsity):
-        """Masks from `|w * mask|`, so that pruned weights stay pruned.
+    def _new_masks(self, pairs, step):
+        """Boolean masks from `|w * mask|` at `step`, so that pruned weights stay pruned.
 
         Every weight keeps at least one entry (one block), as in TFMOT.
         """
-        scores = [tf.abs(w.value * m.value) for w, m in pairs]
-        if self.scope == "global":
-            return magnitude.global_topk_masks(scores, sparsity, min_kept=1)
+        scores = [tf.abs(w.value) * tf.cast(m.value, w.dtype) for w, m in pairs]
+        return [tf.cast(mask, tf.bool) for mask in self._magnitude_masks(scores, step)]
+
+    def _magnitude_masks(self, scores, step):
+        """The 0/1 masks of `scores` at `step`, by the layer's structure and scope."""
         if self.sparsity_m_by_n:
             return [magnitude.m_by_n_mask(s, self.sparsity_m_by_n) for s in scores]
+        sparsity = self._sparsity(step)
+        if self.scope == "global":
+            return magnitude.global_topk_masks(scores, sparsity, min_kept=1)
         if self.block_size != (1, 1):
             return [
                 magnitude.block_mask(
@@ -326,6 +349,11 @@ def group_members(group, entry_layer):
     return [found[i][0] for i in range(group["size"])]
 
 
+def _own_call(schedule):
+    """Is `schedule` a tfsparse schedule called as `(should_prune(step), sparsity(step))`?"""
+    return isinstance(schedule, schedules.PruningSchedule) and type(schedule).__call__ is schedules.PruningSchedule.__call__
+
+
 def _check_fires(schedule):
     """Returns `schedule`, or raises if it never updates masks in training.
 
@@ -334,7 +362,7 @@ def _check_fires(schedule):
     leave the model dense: TFMOT accepts it silently. A schedule that
     overrides `__call__` decides its steps itself and is not checked.
     """
-    if type(schedule).__call__ is not schedules.PruningSchedule.__call__:
+    if not _own_call(schedule):
         return schedule
     first = schedule.begin_step if schedule.begin_step >= 1 else schedule.frequency
     if 0 <= schedule.end_step < first:

@@ -231,9 +231,7 @@ def short_restriction(scores, mask, num_pruned, rate):
     size = flat_scores.shape[0]
     if num_pruned == 0 or num_pruned == size:
         return mask
-    # The num_pruned-th smallest score. NthElement selects in linear time
-    # (top_k with a large k sorts); it has no other public TF or Keras name.
-    threshold = tf.raw_ops.NthElement(input=flat_scores, n=num_pruned - 1)
+    threshold = _nth_smallest(flat_scores, num_pruned - 1)  # the num_pruned-th smallest score
     kept = tf.reshape(mask, [-1]) > 0
     revive = tf.logical_and(tf.logical_not(kept), flat_scores > threshold)
     remove = tf.logical_and(kept, flat_scores <= threshold)
@@ -245,7 +243,7 @@ def short_restriction(scores, mask, num_pruned, rate):
     def best(candidates, key):
         # The `swaps` candidates of highest `key`, equal keys by position.
         keys = tf.where(candidates, key, -float("inf"))
-        cut = -tf.raw_ops.NthElement(input=-keys, n=swaps - 1)
+        cut = -_nth_smallest(-keys, swaps - 1)
         above = tf.logical_and(candidates, keys > cut)
         ties = tf.logical_and(candidates, tf.equal(keys, cut))
         room = swaps - tf.reduce_sum(tf.cast(above, tf.int32))
@@ -260,3 +258,8 @@ def short_restriction(scores, mask, num_pruned, rate):
     )
     new = tf.where(revive, True, tf.where(remove, False, kept))
     return tf.reshape(tf.cast(new, mask.dtype), tf.shape(mask))
+
+
+def _nth_smallest(values, n):
+    """The `n`-th smallest (from 0) of a 1-D tensor `values`, `n` a scalar, in linear time (also under XLA)."""
+    return magnitude.kth_highest(values, values.shape[0] - n)[0]

@@ -4,6 +4,7 @@ import inspect
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfsparse import keras_internals
 from tfsparse.registry import check_prunable, prunable_weight_names
@@ -239,3 +240,44 @@ class ParametrizedWrapper(keras.layers.Wrapper):
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
+
+
+def select(mask, kept, other):
+    """`where(mask, kept, other)`, differentiated with respect to `kept` only.
+
+    The effective weight of a wrapper with a boolean mask: `Masked` selects
+    its weight or zero, `Frozen` its trained or its frozen values. The
+    generic gradient of `where` also builds a tensor of zeros and the
+    gradient of `other`; skipping both leaves one select in the forward
+    pass and one in the backward pass, with no cast of the mask.
+
+    Args:
+        mask: a boolean tensor or variable.
+        kept: a tensor or variable of `mask`'s shape, the values where it is true.
+        other: a tensor that broadcasts to `kept` (e.g. a scalar zero), used
+            where it is false; no gradient reaches it.
+
+    Returns:
+        A tensor of `kept`'s shape and dtype.
+
+    Example:
+
+    >>> select(tf.constant([True, False]), tf.constant([3.0, 4.0]), tf.constant(0.0)).numpy()
+    array([3., 0.], dtype=float32)
+    """
+    # Plain tensors: `keras.ops.convert_to_tensor` returns variables as they
+    # are, and a custom gradient must not see them as captured variables.
+    # Only `kept` is an argument of the custom gradient: an argument without
+    # a gradient would still get a tensor of zeros built in every step.
+    mask = tf.convert_to_tensor(mask)
+
+    @keras.ops.custom_gradient
+    def select_kept(kept):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return keras.ops.where(mask, upstream, 0.0)
+
+        return keras.ops.where(mask, kept, other), grad
+
+    return select_kept(tf.convert_to_tensor(kept))

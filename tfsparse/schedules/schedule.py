@@ -75,11 +75,13 @@ class PruningSchedule:
     def should_prune(self, step):
         """Returns a boolean tensor: is `step` a mask-update step?"""
         step = tf.cast(step, tf.int64)
-        in_range = tf.logical_and(
-            step >= self.begin_step,
-            tf.logical_or(step <= self.end_step, self.end_step < 0),
-        )
-        return tf.logical_and(in_range, (step - self.begin_step) % self.frequency == 0)
+        # Only the tests the configuration needs: this runs in every training step.
+        due = step >= self.begin_step
+        if self.end_step >= 0:
+            due = tf.logical_and(due, step <= self.end_step)
+        if self.frequency != 1:
+            due = tf.logical_and(due, (step - self.begin_step) % self.frequency == 0)
+        return due
 
     def sparsity(self, step):
         """Returns the target sparsity at `step` as a float32 tensor."""

@@ -82,7 +82,7 @@ def _keep_highest(values, keep):
     array([[1., 0., 1.],
            [0., 1., 1.]], dtype=float32)
     """
-    threshold = _kth_highest(values, keep)
+    threshold = kth_highest(values, keep)
     at_least = values >= threshold
     # Most updates have no partial tie (one entry equals the threshold);
     # then the running count of ties is not needed.
@@ -99,7 +99,7 @@ def _first_ties(values, threshold, keep):
     return tf.logical_or(above, tf.logical_and(ties, tf.cumsum(tf.cast(ties, tf.int32), axis=-1) <= room))
 
 
-def _kth_highest(values, keep):
+def kth_highest(values, keep):
     """The `keep`-th highest value of each row (the highest when `keep` is 0), with a last axis of 1.
 
     `NthElement` selects in linear time (`tf.math.top_k` with a large `k`
@@ -113,7 +113,7 @@ def _kth_highest(values, keep):
 
 
 def _kth_highest_by_bisection(values, keep):
-    """`_kth_highest` with one counting pass per bit of the dtype (XLA fuses each pass)."""
+    """`kth_highest` with one counting pass per bit of the dtype (XLA fuses each pass)."""
     keys = _ordered_keys(values)
     key_type = keys.dtype
     enough = tf.maximum(keep, 1)
