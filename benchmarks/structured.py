@@ -157,8 +157,16 @@ def polarization_method(dynamic=False, blocks=0.0):
 SLIMMING_PENALTY = {"resnet20": 1.5e-3, "vgg": 1.5e-2}
 
 
-def slimming_method(context, ratio):
-    """Network slimming: the dense model trained with an L1 penalty on BN gamma, pruned by |gamma|, fine-tuned."""
+def slimming_method(target="channels"):
+    """A method: network slimming, the dense model trained with an L1 penalty on BN gamma, pruned, fine-tuned.
+
+    The model is pruned globally by |gamma|, `ratio` counted in `target`
+    (channels, or FLOPs for a comparison at equal FLOPs).
+    """
+    return lambda context, ratio: _slimming(context, ratio, target)
+
+
+def _slimming(context, ratio, target):
     keras.utils.set_random_seed(context.seed)
     model = context.build()
     penalty = keras.regularizers.L1(SLIMMING_PENALTY[context.name])
@@ -169,7 +177,7 @@ def slimming_method(context, ratio):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.gamma.regularizer = None
-    pruned = ts.prune_channels(model, ratio, importance="bn_scale", scope="global", print_fn=None)
+    pruned = ts.prune_channels(model, ratio, importance="bn_scale", scope="global", target=target, print_fn=None)
     return pruned, fine_tuned(pruned, context)
 
 
@@ -198,7 +206,8 @@ METHODS = {
     "polarization/dynamic": polarization_method(dynamic=True),
     # A third of the residual blocks with an identity shortcut removed as well.
     "polarization/blocks": polarization_method(blocks=1 / 3),
-    "slimming": slimming_method,
+    "slimming": slimming_method(),
+    "slimming/flops": slimming_method("flops"),
 }
 
 
