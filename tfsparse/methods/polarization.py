@@ -1,10 +1,11 @@
-"""`polarize`: channel gates trained with a polarization regularizer, in one pass.
+"""`polarize`: channel and block gates trained with a polarization regularizer, in one pass.
 
 Inspired by Zhi et al., 2023 ("Learning a Consensus Sub-Network with
 Polarization Regularization and One Pass Training"): the paper has no
 public code; the gates, the estimator and the schedule are those of
 `tfsparse.layers.Gated` and `tfsparse.optimizers.Polarization` (see their
-docstrings). Whole-block gates of the paper's first version are not built.
+docstrings). Whole residual blocks, pruned by the paper's first version,
+are gated with `tfsparse.layers.BlockGate` (`blocks=`).
 """
 
 from tfsparse import checks
