@@ -243,11 +243,7 @@ def short_restriction(scores, mask, num_pruned, rate):
     def best(candidates, key):
         # The `swaps` candidates of highest `key`, equal keys by position.
         keys = tf.where(candidates, key, -float("inf"))
-        cut = -_nth_smallest(-keys, swaps - 1)
-        above = tf.logical_and(candidates, keys > cut)
-        ties = tf.logical_and(candidates, tf.equal(keys, cut))
-        room = swaps - tf.reduce_sum(tf.cast(above, tf.int32))
-        return tf.logical_or(above, tf.logical_and(ties, tf.cumsum(tf.cast(ties, tf.int32)) <= room))
+        return tf.logical_and(candidates, magnitude.keep_highest(keys, swaps) > 0)
 
     # Ranking is only needed to swap some but not all of the candidates.
     swap_all = tf.logical_and(allowed, tf.equal(swaps, count))

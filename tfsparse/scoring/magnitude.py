@@ -58,10 +58,10 @@ def topk_mask(scores, sparsity, min_kept=0):
     flat = tf.reshape(scores, [-1])
     size = flat.shape[0]
     keep = size - num_pruned(capped_sparsity(sparsity, size, min_kept), size)
-    return tf.reshape(_keep_highest(flat, keep), tf.shape(scores))
+    return tf.reshape(keep_highest(flat, keep), tf.shape(scores))
 
 
-def _keep_highest(values, keep):
+def keep_highest(values, keep):
     """1 at the `keep` highest entries of each row (last axis), 0 elsewhere.
 
     Linear time: the `keep`-th highest value of each row is the threshold,
@@ -78,7 +78,7 @@ def _keep_highest(values, keep):
 
     Example:
 
-    >>> _keep_highest(tf.constant([[0.3, 0.1, 0.3], [0.1, 0.2, 0.2]]), 2).numpy()
+    >>> keep_highest(tf.constant([[0.3, 0.1, 0.3], [0.1, 0.2, 0.2]]), 2).numpy()
     array([[1., 0., 1.],
            [0., 1., 1.]], dtype=float32)
     """
@@ -203,7 +203,7 @@ def _kept_equal_blocks(block_scores, size, target):
     """
     pruned = (target + (size + 1) // 2 - 1) // size
     reversed_scores = tf.reverse(block_scores, [0])
-    return tf.reverse(_keep_highest(reversed_scores, tf.size(block_scores) - pruned), [0])
+    return tf.reverse(keep_highest(reversed_scores, tf.size(block_scores) - pruned), [0])
 
 
 def _kept_blocks_in_order(block_scores, sizes, target):
@@ -268,7 +268,7 @@ def m_by_n_mask(scores, m_by_n):
     pad = -channels % n
     flat = tf.reshape(moved, [-1, channels])
     groups = tf.reshape(tf.pad(flat, [[0, 0], [0, pad]], constant_values=-1.0), [-1, n])
-    kept = tf.reshape(_keep_highest(groups, n - m), [-1, channels + pad])[:, :channels]
+    kept = tf.reshape(keep_highest(groups, n - m), [-1, channels + pad])[:, :channels]
     return tf.experimental.numpy.moveaxis(tf.reshape(kept, shape), -1, -2)
 
 
@@ -301,9 +301,9 @@ def global_topk_masks(scores, sparsity, min_kept=0):
     if sum(floors):
         # Each tensor's `min_kept` highest entries outrank every other entry.
         infinity = tf.constant(float("inf"), scores[0].dtype)
-        parts = [tf.where(_keep_highest(p, k) > 0, infinity, p) for p, k in zip(parts, floors)]
+        parts = [tf.where(keep_highest(p, k) > 0, infinity, p) for p, k in zip(parts, floors)]
     flat = tf.concat(parts, axis=0)
     total = flat.shape[0]
     keep = tf.maximum(total - num_pruned(sparsity, total), sum(floors))
-    mask = _keep_highest(flat, keep)
+    mask = keep_highest(flat, keep)
     return [tf.reshape(part, tf.shape(s)) for part, s in zip(tf.split(mask, sizes), scores)]
