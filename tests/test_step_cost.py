@@ -4,6 +4,7 @@ import collections
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfsparse as ts
@@ -12,12 +13,13 @@ from tfsparse.layers import Masked
 # Ops that do no work when the step runs: constants, inputs and captured
 # handles, identities (e.g. of a custom gradient), control anchors.
 FREE_OPS = {"Const", "Placeholder", "Identity", "IdentityN", "NoOp"}
-# What one scheduled `Masked` weight adds to a training step, by construction:
-# the step counter (read, add, assign), the schedule test of a PolynomialDecay
-# with an end and a frequency (>=, <=, and, sub, mod, ==, and), one cond, the
-# mask read, one select forward and one backward, and the zeros that the
-# gradient tape builds for the boolean mask (never consumed, so not run).
-OPS_PER_LAYER = 3 + 7 + 1 + 1 + 2 + 1
+# What scheduled pruning adds to a training step, by construction. Once per
+# model (layers with one schedule count together): the step counter read and
+# incremented, the schedule test of a PolynomialDecay with an end and a
+# frequency (>=, <=, and, sub, mod, ==, and) and one cond. Per layer: the
+# counter assigned, the mask read, one select forward and one backward.
+OPS_PER_MODEL = 2 + 7 + 1
+OPS_PER_LAYER = 1 + 1 + 2
 
 
 def _lenet(widths=(12, 8, 3)):
@@ -42,16 +44,33 @@ def _pruned(model, **kwargs):
     return ts.prune_low_magnitude(model, schedule, **kwargs)
 
 
-def test_pruned_training_step_adds_a_bounded_number_of_ops_per_layer():
-    dense = _lenet()
-    pruned = _pruned(_lenet())
+@pytest.mark.parametrize("widths", [(12, 8, 3), (12, 10, 9, 8, 3)])
+def test_pruned_training_step_adds_a_bounded_number_of_ops(widths):
+    dense = _lenet(widths)
+    pruned = _pruned(_lenet(widths))
     layers = sum(isinstance(layer, Masked) for layer in pruned.layers)
     extra = _step_ops(pruned) - _step_ops(dense)
-    assert layers == 3
-    assert sum(extra.values()) <= OPS_PER_LAYER * layers, extra
+    assert layers == len(widths)
+    assert sum(extra.values()) <= OPS_PER_MODEL + OPS_PER_LAYER * layers, extra
     # The effective kernel is one select per pass: no cast of the mask, no multiply.
     assert extra["SelectV2"] == 2 * layers and extra["Cast"] == 0 and extra["Mul"] == 0, extra
-    assert extra["If"] == layers, extra
+    # One schedule test for the model.
+    assert extra["If"] == 1 and extra["FloorMod"] == 1, extra
+
+
+def test_layers_with_different_schedules_update_apart_and_count_together():
+    inputs = keras.Input((6,))
+    first = ts.schedules.ConstantSparsity(0.5, begin_step=1, end_step=1)
+    second = ts.schedules.ConstantSparsity(0.8, begin_step=3, end_step=3)
+    hidden = ts.prune_low_magnitude(keras.layers.Dense(12, activation="relu"), first)(inputs)
+    pruned = keras.Model(inputs, ts.prune_low_magnitude(keras.layers.Dense(3), second)(hidden))
+    assert _step_ops(pruned)["If"] == 2
+    rng = np.random.default_rng(0)
+    pruned.fit(rng.normal(size=(16, 6)), rng.integers(0, 3, 16), batch_size=4, verbose=0)
+    masked = [layer for layer in pruned.layers if isinstance(layer, Masked)]
+    assert [int(layer.pruning_step) for layer in masked] == [4, 4]
+    # round(0.5 * 72) and round(0.8 * 36) entries pruned, each at its own step.
+    assert [int(np.sum(~np.asarray(layer.masks[0]))) for layer in masked] == [36, 29]
 
 
 def test_global_scope_tests_the_schedule_once_per_step():

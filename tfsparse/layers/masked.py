@@ -1,6 +1,7 @@
 """`Masked`: a layer whose prunable weights are multiplied by a 0/1 mask."""
 
 import itertools
+import json
 import math
 
 import keras
@@ -16,6 +17,8 @@ POOLING_TYPES = ("AVG", "MAX")
 
 
 _GROUP_IDS = itertools.count()
+# The call-context entry listing the `Masked` layers already advanced in a call.
+_UPDATED = "tfsparse_masked_updated"
 
 
 def new_group_name():
@@ -41,7 +44,13 @@ class Masked(ParametrizedWrapper):
     the counter and then updates the mask if the schedule prunes at step k,
     and `pruning_step` holds the number of training calls so far. So
     `begin_step=end_step=N` prunes once, at the N-th batch, and
-    `begin_step=0` first prunes at step `frequency`.
+    `begin_step=0` first prunes at step `frequency`. Within a model, the
+    layers with equal schedules and mask structure count together: the
+    first of them that runs in a training call reads its counter once,
+    sets every one's, tests the schedule and updates all their masks in
+    one conditional, so a model pays the schedule once per step, not once
+    per layer (a training call of the model is one step for each of them,
+    even for a layer it calls twice).
 
     Each update prunes exactly `round(s * n)` of a weight's `n` entries,
     ties broken by position, but always keeps at least one, as TFMOT does:
@@ -129,9 +138,6 @@ class Masked(ParametrizedWrapper):
             )
         self.scope = scope
         self.group = group
-        # The call context in which this layer's group last computed its
-        # masks (see `_members_to_update`); a plain object, not tracked.
-        self._updated_in = None
 
     def build_parametrization(self, weights):
         for w in weights:
@@ -185,24 +191,26 @@ class Masked(ParametrizedWrapper):
     def update_state(self, training):
         if not training or self.pruning_schedule is None:
             return
-        # The k-th training call is step k (counting from 1), as in TFMOT.
-        # One read of the counter: the new value is reused, not read back.
-        step = self.pruning_step + tf.constant(1, tf.int64)
-        self.pruning_step.assign(step)
         members = self._members_to_update()
-        if members:
-            pairs = [pair for layer in members for pair in zip(layer.prunable_weights, layer.masks)]
-            if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-                # Per-replica call: assignments to mirrored variables are
-                # synchronized, which cannot happen inside control flow, so
-                # the cond only computes and every step assigns.
-                new_masks = tf.cond(
-                    self._should_prune(step), lambda: self._new_masks(pairs, step), lambda: [m.value for _, m in pairs]
-                )
-                for (_, m), new in zip(pairs, new_masks):
-                    m.assign(new)
-            else:
-                tf.cond(self._should_prune(step), lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
+        if not members:
+            return
+        # The k-th training call is step k (counting from 1), as in TFMOT.
+        # One read of the counter for all members: they count together.
+        step = self.pruning_step + tf.constant(1, tf.int64)
+        for layer in members:
+            layer.pruning_step.assign(step)
+        pairs = [pair for layer in members for pair in zip(layer.prunable_weights, layer.masks)]
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # Per-replica call: assignments to mirrored variables are
+            # synchronized, which cannot happen inside control flow, so
+            # the cond only computes and every step assigns.
+            new_masks = tf.cond(
+                self._should_prune(step), lambda: self._new_masks(pairs, step), lambda: [m.value for _, m in pairs]
+            )
+            for (_, m), new in zip(pairs, new_masks):
+                m.assign(new)
+        else:
+            tf.cond(self._should_prune(step), lambda: self._assign_new_masks(pairs, step), lambda: tf.constant(False))
 
     def _should_prune(self, step):
         """Is `step` a mask-update step? The one schedule test of a training call.
@@ -222,23 +230,43 @@ class Masked(ParametrizedWrapper):
         return self.pruning_schedule(step)[1]
 
     def _members_to_update(self):
-        """The layers whose masks this call computes, in group order.
+        """The layers whose step counters and masks this call advances (global scope: in group order).
 
-        With `scope="layer"`, this layer alone. With `scope="global"`, the
-        whole group for the first member that runs in an outermost call (a
-        trace of the training step, an eager step, one replica's step), so
-        that every member computes with the new masks; none for the others,
-        which read the masks the first one assigned.
+        The first member that runs in an outermost call (a trace of the
+        training step, an eager step, one replica's step) advances them all,
+        so that a model tests its schedule once per step and every member
+        computes with the new masks; the others get none and read the masks
+        the first one assigned. With `scope="global"` the members are the
+        group; with `scope="layer"`, every built layer of the model being
+        called with the same schedule and mask structure (see
+        `_update_key`), or this layer alone outside a model call.
         """
-        if self.scope == "layer":
-            return [self]
         context = keras_internals.call_context()
-        if context is not None and self._updated_in is context:
+        # The layers advanced in this call, kept on the call context: each
+        # replica of a distribution strategy calls the model in its own.
+        updated = set() if context is None else context.get_value(_UPDATED, set())
+        if id(self) in updated:
             return []
-        members = group_members(self.group, self if context is None else context.entry_layer)
-        for member in members:
-            member._updated_in = context
+        if self.scope == "global":
+            members = group_members(self.group, self if context is None else context.entry_layer)
+        elif context is None:
+            members = [self]
+        else:
+            key = self._update_key()
+            found = {id(layer): layer for _, layer in named_layers(context.entry_layer)
+                     if isinstance(layer, Masked) and layer is not self and layer.built
+                     and layer.pruning_schedule is not None and layer._update_key() == key}
+            members = [self, *found.values()]
+        if context is not None:
+            context.set_value(_UPDATED, updated | {id(member) for member in members})
         return members
+
+    def _update_key(self):
+        """What layer-scope layers that count and update together share: schedule and mask structure."""
+        schedule = self.pruning_schedule
+        if hasattr(schedule, "get_config"):
+            schedule = type(schedule), json.dumps(schedule.get_config(), sort_keys=True, default=str)
+        return self.scope, schedule, self.block_size, self.block_pooling_type, self.sparsity_m_by_n
 
     def _assign_new_masks(self, pairs, step):
         for (_, m), new in zip(pairs, self._new_masks(pairs, step)):
