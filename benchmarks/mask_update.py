@@ -9,7 +9,10 @@ next to one SGD training step of the dense layer (or model) at batch 128.
 Both selections give identical masks (checked at every size). Rounds are
 interleaved; reported are medians of wall and process CPU seconds, the
 update / step ratios, and the exponent of a log-log fit of update time
-against size (1 is linear). The "xla" figures time the update and the step
+against size (1 is linear; memory traffic bends even linear work above 1
+on this machine, so the fit of the update / step ratio is reported too:
+0 when the update grows like the training step, whose work is linear in
+the weights). The "xla" figures time the update and the step
 inside `tf.function(jit_compile=True)`, where the selection bisects.
 
     python benchmarks/mask_update.py [--rounds 3] [--sparsity 0.9]
@@ -144,6 +147,9 @@ def main():
         for name in ("before", "after", "after_xla", "step")
         for clock in ("wall", "cpu")
     }
+    for clock in ("wall", "cpu"):
+        results["growth_exponent"][f"after_over_step_{clock}"] = growth_exponent(
+            sizes, [layer["ratios"][f"after_over_step_{clock}"] for layer in layers.values()])
     print("growth exponents", {k: round(v, 2) for k, v in results["growth_exponent"].items()}, flush=True)
     seconds = measure(MODEL_WIDTHS, args.sparsity, args.rounds)
     results["global_model"] = {
