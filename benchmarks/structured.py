@@ -23,7 +23,8 @@ thread); the goals of the structured core are checked on the 50% rows.
 The structured methods built on the core are rows of the same table:
 `hap+implants/params` and `hap/params` (`tfsparse.hap`, the ratio counted
 in parameters, with and without implants, against `l1/params` and
-`taylor/params`), `csgd/layer` (C-SGD from the dense model for the
+`taylor/params`), `l1/global+distillation` (fine-tuned with knowledge
+distillation from the dense model), `csgd/layer` (C-SGD from the dense model for the
 fine-tuning epochs, then the exact trim; `csgd/scratch`: from a fresh
 model for all the epochs), `polarization` (gates trained
 from a fresh model for the same total epochs, then stripped; `/dynamic`
@@ -84,13 +85,16 @@ class Context:
     seed: int
 
 
-def criterion_method(importance, scope, target="channels", max_layer_ratio=0.9):
-    """A method: `prune_channels` with one criterion and scope, then the fine-tuning recipe."""
+def criterion_method(importance, scope, target="channels", max_layer_ratio=0.9, distilled=False):
+    """A method: `prune_channels` with one criterion and scope, then the fine-tuning recipe.
+
+    `distilled`: fine-tuned with knowledge distillation from the dense model it was pruned from.
+    """
 
     def run(context, ratio):
         pruned = ts.prune_channels(context.dense, ratio, importance=importance, data=context.train, scope=scope,
                                    target=target, max_layer_ratio=max_layer_ratio, print_fn=None)
-        return pruned, fine_tuned(pruned, context)
+        return pruned, fine_tuned(pruned, context, teacher=context.dense if distilled else None)
 
     return run
 
@@ -181,11 +185,15 @@ def _slimming(context, ratio, target):
     return pruned, fine_tuned(pruned, context)
 
 
-def fine_tuned(pruned, context):
-    """Recomputes `pruned`'s BatchNorm statistics, fine-tunes it; returns its accuracy before fine-tuning."""
+def fine_tuned(pruned, context, teacher=None):
+    """Recomputes `pruned`'s BatchNorm statistics, fine-tunes it (distilling from `teacher`, if given).
+
+    Returns its accuracy before fine-tuning.
+    """
     ts.recalibrate_batch_norm(pruned, context.train)
     before = evaluate(pruned, context.test)
-    ts.finetune(pruned, context.train, context.finetune_epochs, learning_rate=context.finetune_lr, verbose=0)
+    ts.finetune(pruned, context.train, context.finetune_epochs, learning_rate=context.finetune_lr, teacher=teacher,
+                verbose=0)
     return {"before_finetuning": before}
 
 
@@ -196,6 +204,9 @@ METHODS = {
        for name, importance in CRITERIA.items() for scope in ("global", "layer")},
     # HAP's comparison: that fraction of the parameters removed, under HAP's layer limit.
     **{f"{name}/params": criterion_method(CRITERIA[name], "global", "params", 0.95) for name in ("l1", "taylor")},
+    # Fine-tuned with knowledge distillation from the dense model (`tfsparse.finetune(teacher=...)`).
+    **{f"{name}/{scope}+distillation": criterion_method(CRITERIA[name], scope, distilled=True)
+       for name, scope in (("l1", "global"), ("bn_scale", "layer"))},
     # The ratio counted in FLOPs: a baseline at the FLOPs another method reached.
     "l1/flops": criterion_method("l1", "global", "flops"),
     "hap+implants/params": hap_method(0.1),

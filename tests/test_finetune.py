@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfsparse as ts
+from tfsparse.methods.finetune import _Distillation
 
 
 def _conv_bn_model():
@@ -88,6 +89,56 @@ def test_finetune_wants_a_dataset():
         ts.finetune(_conv_bn_model(), [(np.zeros((1, 8, 8, 1)), np.zeros(1))], epochs=1)
     with pytest.raises(ValueError, match="`data` is empty"):
         ts.finetune(_conv_bn_model(), tf.data.Dataset.from_tensors((np.zeros((1, 8, 8, 1)), [0])).take(0), epochs=1)
+
+
+def test_distillation_loss_is_the_weighted_tempered_kl_divergence():
+    student, teacher = np.array([[1.0, 0.0, -1.0]]), np.array([[0.0, 2.0, 0.5]])
+    layer = _Distillation(temperature=2.0, weight=0.9)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(student, teacher)), student)
+    p, q = (np.exp(z / 2) / np.exp(z / 2).sum() for z in (teacher, student))
+    expected = 0.9 * 4 * np.sum(p * np.log(p / q))
+    assert float(layer.losses[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_distilled_finetuning_pulls_the_model_to_a_teacher_that_stays_as_it_was():
+    keras.utils.set_random_seed(2)
+    train = ts.data.load("digits", "train", batch_size=64)
+    teacher, model = _conv_bn_model(), _conv_bn_model()
+    ts.finetune(teacher, train, epochs=4, learning_rate=0.1, verbose=0)
+    weights = [w.numpy() for w in teacher.weights]
+    start = [w.numpy() for w in model.weights]
+    x = next(iter(train))[0]
+
+    def divergence():
+        p = keras.ops.softmax(teacher(x, training=False))
+        return float(keras.ops.mean(keras.ops.sum(p * (keras.ops.log(p) - keras.ops.log_softmax(model(x))), -1)))
+
+    ts.finetune(model, train, epochs=3, learning_rate=0.05, verbose=0)
+    from_labels = divergence()
+    for variable, value in zip(model.weights, start):
+        variable.assign(value)
+    history = ts.finetune(model, train, epochs=3, learning_rate=0.05, teacher=teacher, distillation_weight=1.0,
+                          temperature=1.0, verbose=0)
+    # Trained on the teacher's outputs alone, the model ends closer to them than trained on the labels.
+    assert divergence() < 0.95 * from_labels
+    # The teacher is neither trained nor its BatchNormalization statistics moved, and stays trainable.
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(weights, teacher.weights))
+    assert teacher.trainable and sorted(history.history) == ["accuracy", "loss"]
+    assert model.compiled and int(model.optimizer.iterations) == 3 * int(train.cardinality())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"temperature": 0}, ValueError, "`temperature` must be a positive number, received: 0"),
+        ({"distillation_weight": 1.5}, ValueError, "`distillation_weight` must be"),
+        ({"teacher": "dense"}, TypeError, "`teacher` must be a keras.Model, received: str"),
+    ],
+)
+def test_finetune_names_a_bad_distillation_argument(kwargs, error, message):
+    arguments = {"teacher": _conv_bn_model(), **kwargs}
+    with pytest.raises(error, match=message):
+        ts.finetune(_conv_bn_model(), ts.data.load("digits", "test"), epochs=1, **arguments)
 
 
 def test_reinitialize_gives_the_pruned_widths_with_new_weights_and_fresh_statistics():

@@ -22,7 +22,8 @@ CALIBRATION_BATCHES = 50
 
 
 def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY, validation_data=None,
-             calibration_batches=CALIBRATION_BATCHES, callbacks=None, verbose="auto", jit_compile=False):
+             calibration_batches=CALIBRATION_BATCHES, callbacks=None, verbose="auto", jit_compile=False,
+             teacher=None, temperature=4.0, distillation_weight=0.9):
     """Compiles and trains `model` with the recipe every structured method here is compared under.
 
     The recipe: SGD with Nesterov momentum 0.9, the learning rate decayed
@@ -38,6 +39,13 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
     The same call trains the dense and the from-scratch baselines, with a
     higher `learning_rate` (0.1), so all runs share one optimizer, one
     schedule and one BatchNorm rule.
+
+    With a `teacher` (the model before pruning), the loss is Hinton et al.'s
+    (2015) knowledge distillation: `distillation_weight` times `T^2` times
+    the KL divergence from the teacher's to the model's softened outputs
+    (logits divided by the `temperature` `T`), plus `1 -
+    distillation_weight` times the cross-entropy on the labels. The teacher
+    runs in inference mode and is not trained.
 
     Args:
         model: a built Keras model with logits outputs; it is (re)compiled.
@@ -55,14 +63,21 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
             compiles a ResNet-20 training step in about three times the CPU
             time of a plain first epoch on the embedded digits, and then runs
             no faster; pass `"auto"` on accelerators.
+        teacher: `None`, or a Keras model with the same inputs and logits
+            outputs to distill from.
+        temperature: the softening temperature `T > 0` of distillation.
+        distillation_weight: the weight in [0, 1] of the distillation term.
 
     Returns:
-        The `keras.callbacks.History` of `model.fit`.
+        The `keras.callbacks.History` of the training.
 
     Raises:
-        ValueError: for a non-positive `epochs` or `learning_rate`, a
-            negative `weight_decay` or `calibration_batches`, or empty `data`.
-        TypeError: if `data` is not a `tf.data.Dataset`.
+        ValueError: for a non-positive `epochs`, `learning_rate` or
+            `temperature`, a negative `weight_decay` or
+            `calibration_batches`, a `distillation_weight` outside [0, 1],
+            or empty `data`.
+        TypeError: if `data` is not a `tf.data.Dataset`, or `teacher` not a
+            Keras model.
 
     Example:
 
@@ -79,14 +94,53 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=MOMENTUM, nesterov=True,
                                      weight_decay=float(weight_decay) or None)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-                  jit_compile=jit_compile)
-    # `data` brings its own order: Keras' `shuffle` does not apply to a Dataset.
-    history = model.fit(data, epochs=epochs, validation_data=validation_data, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer, loss, metrics=["accuracy"], jit_compile=jit_compile)
+    trained = model
+    if teacher is not None:
+        trained = _distilling(model, teacher, temperature, distillation_weight)
+    teacher_trainable = teacher is not None and teacher.trainable
+    try:
+        if teacher is not None:
+            teacher.trainable = False  # also runs its BatchNormalization in inference mode
+            trained.compile(optimizer, loss, loss_weights=1 - distillation_weight, metrics=["accuracy"],
+                            jit_compile=jit_compile)
+        # `data` brings its own order: Keras' `shuffle` does not apply to a Dataset.
+        history = trained.fit(data, epochs=epochs, validation_data=validation_data, callbacks=callbacks,
+                              verbose=verbose, shuffle=False)
+    finally:
+        if teacher is not None:
+            teacher.trainable = teacher_trainable
     if calibration_batches:
         recalibrate_batch_norm(model, data, calibration_batches)
     return history
+
+
+def _distilling(model, teacher, temperature, weight):
+    """A model that computes `model`'s outputs from its layers and adds the distillation loss from `teacher`."""
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"Argument `teacher` must be a keras.Model, received: {type(teacher).__name__}.")
+    temperature = checks.check_positive_number(temperature, "temperature")
+    weight = checks.check_fraction(weight, "distillation_weight", include_one=True)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    outputs = _Distillation(temperature, weight)(model.outputs[0], teacher(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_distilled")
+
+
+class _Distillation(keras.layers.Layer):
+    """Passes the student's logits through and adds `weight * T^2 * KL(teacher || student)` at temperature `T`."""
+
+    def __init__(self, temperature, weight, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature, self.weight = temperature, weight
+
+    def call(self, student, teacher):
+        t = self.temperature
+        teacher = keras.ops.stop_gradient(keras.ops.log_softmax(teacher / t, axis=-1))
+        student_log = keras.ops.log_softmax(student / t, axis=-1)
+        divergence = keras.ops.sum(keras.ops.exp(teacher) * (teacher - student_log), axis=-1)
+        self.add_loss(self.weight * t * t * keras.ops.mean(divergence))
+        return student
 
 
 def recalibrate_batch_norm(model, data, batches=CALIBRATION_BATCHES):
