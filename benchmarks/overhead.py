@@ -14,9 +14,9 @@ time (the steadier of the two on a busy machine). Memory is the bytes of
 each model's variables (kernels, masks, step counters, optimizer slots
 excluded).
 
-    python benchmarks/overhead.py [--rounds 7] [--steps 50] [--models lenet_300_100 ...]
+    python benchmarks/overhead.py [--rounds 7] [--steps 50] [--models lenet_300_100 ...] [--xla ...] [--output NAME]
 
-Writes benchmarks/results/overhead.json.
+Writes benchmarks/results/overhead.json (or NAME.json).
 """
 
 import argparse
@@ -165,6 +165,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--xla", nargs="*", default=sorted(MODELS), choices=sorted(MODELS),
                         help="the models also measured under XLA (default: all)")
+    parser.add_argument("--output", default="overhead", help="name of the JSON file in benchmarks/results")
     args = parser.parse_args()
     results = {}
     for arch in args.models:
@@ -172,7 +173,7 @@ def main():
         print(report(arch, results[arch]), flush=True)
     payload = {"load_average_at_end": os.getloadavg(), "batch_size": BATCH, "sparsity": SPARSITY, "rounds": args.rounds,
                "steps_per_round": args.steps, "end_step": END_STEP, "machine": machine(), "results": results}
-    print("wrote", write_json("overhead", payload))
+    print("wrote", write_json(args.output, payload))
 
 
 if __name__ == "__main__":
