@@ -105,6 +105,7 @@ def test_distilled_finetuning_pulls_the_model_to_a_teacher_that_stays_as_it_was(
     train = ts.data.load("digits", "train", batch_size=64)
     teacher, model = _conv_bn_model(), _conv_bn_model()
     ts.finetune(teacher, train, epochs=4, learning_rate=0.1, verbose=0)
+    teacher.get_layer("conv1").trainable = False  # a layer the user froze stays frozen
     weights = [w.numpy() for w in teacher.weights]
     start = [w.numpy() for w in model.weights]
     x = next(iter(train))[0]
@@ -123,7 +124,8 @@ def test_distilled_finetuning_pulls_the_model_to_a_teacher_that_stays_as_it_was(
     assert divergence() < 0.95 * from_labels
     # The teacher is neither trained nor its BatchNormalization statistics moved, and stays trainable.
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(weights, teacher.weights))
-    assert teacher.trainable and sorted(history.history) == ["accuracy", "loss"]
+    assert teacher.trainable and teacher.get_layer("conv2").trainable and not teacher.get_layer("conv1").trainable
+    assert sorted(history.history) == ["accuracy", "loss"]
     assert model.compiled and int(model.optimizer.iterations) == 3 * int(train.cardinality())
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsparse import checks
-from tfsparse.walk import leaf_layers
+from tfsparse.walk import leaf_layers, named_layers
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
@@ -99,7 +99,8 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
     trained = model
     if teacher is not None:
         trained = _distilling(model, teacher, temperature, distillation_weight)
-    teacher_trainable = teacher is not None and teacher.trainable
+    # Each layer's flag, parents first: setting a parent's sets its children's.
+    trainable = [(layer, layer.trainable) for _, layer in named_layers(teacher)] if teacher is not None else []
     try:
         if teacher is not None:
             teacher.trainable = False  # also runs its BatchNormalization in inference mode
@@ -109,8 +110,8 @@ def finetune(model, data, epochs, learning_rate=0.01, weight_decay=WEIGHT_DECAY,
         history = trained.fit(data, epochs=epochs, validation_data=validation_data, callbacks=callbacks,
                               verbose=verbose, shuffle=False)
     finally:
-        if teacher is not None:
-            teacher.trainable = teacher_trainable
+        for layer, flag in trainable:
+            layer.trainable = flag
     if calibration_batches:
         recalibrate_batch_norm(model, data, calibration_batches)
     return history
