@@ -20,12 +20,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfsparse as ts  # noqa: E402
 from common import machine, write_json  # noqa: E402
-from structured import MODELS, TRAIN_LR, training_subset  # noqa: E402
+from structured import dense_model, training_subset  # noqa: E402
 
 
 def main():
@@ -38,14 +37,7 @@ def main():
     parser.add_argument("--cache", help="structured.py's cache directory of dense weights")
     args = parser.parse_args()
     train = training_subset(args.train_examples, args.seed)
-    keras.utils.set_random_seed(args.seed)
-    model = MODELS["resnet20"]()
-    path = args.cache and os.path.join(
-        args.cache, f"structured_resnet20_{args.train_examples}_{args.epochs}epochs_seed{args.seed}.weights.h5")
-    if path and os.path.exists(path):
-        model.load_weights(path)
-    else:
-        ts.finetune(model, train, args.epochs, learning_rate=TRAIN_LR, verbose=0)
+    model, _ = dense_model("resnet20", train, args.train_examples, args.epochs, args.seed, args.cache)
     traces = ts.scoring.hessian_trace(model, train, samples=args.samples, batches=args.batches, per="channel",
                                       seed=args.seed, verbose=0)
     kernels = {}

@@ -205,8 +205,7 @@ METHODS = {
     # HAP's comparison: that fraction of the parameters removed, under HAP's layer limit.
     **{f"{name}/params": criterion_method(CRITERIA[name], "global", "params", 0.95) for name in ("l1", "taylor")},
     # Fine-tuned with knowledge distillation from the dense model (`tfsparse.finetune(teacher=...)`).
-    **{f"{name}/{scope}+distillation": criterion_method(CRITERIA[name], scope, distilled=True)
-       for name, scope in (("l1", "global"), ("bn_scale", "layer"))},
+    "l1/global+distillation": criterion_method("l1", "global", distilled=True),
     # The ratio counted in FLOPs: a baseline at the FLOPs another method reached.
     "l1/flops": criterion_method("l1", "global", "flops"),
     "hap+implants/params": hap_method(0.1),
@@ -240,13 +239,38 @@ def evaluate(model, test):
     return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
 
 
-def measure(network, test, samples, **extra):
-    """Accuracy, parameters, FLOPs and LiteRT batch-1 latency of `network`, with `extra` fields."""
+def cost(network, samples):
+    """Parameters, FLOPs and LiteRT batch-1 latency of `network`."""
     total = ts.summary(network, print_fn=None).total
     with tempfile.TemporaryDirectory() as folder:
         report = ts.export.tflite(network, os.path.join(folder, "model.tflite"), sample_inputs=samples)
-    return {"accuracy": evaluate(network, test), "parameters": int(total["parameters"]), "flops": int(total["flops"]),
-            "litert_ms": report.litert_latency_ms, **extra}
+    return {"parameters": int(total["parameters"]), "flops": int(total["flops"]), "litert_ms": report.litert_latency_ms}
+
+
+def measure(network, test, samples, **extra):
+    """Accuracy and `cost` of `network`, with `extra` fields."""
+    return {"accuracy": evaluate(network, test), **cost(network, samples), **extra}
+
+
+def dense_model(name, train, examples, epochs, seed, cache=None, model=None):
+    """`(model, seconds)`: `model` (a fresh dense one if None) trained with the dense recipe.
+
+    On `train` (`training_subset(examples, seed)`), for `epochs`. A fresh
+    dense model's weights are kept in, and reused from, the directory `cache`.
+    """
+    keras.utils.set_random_seed(seed)
+    stem = f"structured_{name}_{examples}_{epochs}epochs_seed{seed}"
+    path = cache and model is None and os.path.join(cache, f"{stem}.weights.h5")
+    model = model or MODELS[name]()
+    started = time.perf_counter()
+    if path and os.path.exists(path):
+        model.load_weights(path)
+    else:
+        ts.finetune(model, train, epochs, learning_rate=TRAIN_LR, verbose=0)
+        if path:
+            os.makedirs(cache, exist_ok=True)
+            model.save_weights(path)
+    return model, time.perf_counter() - started
 
 
 def run_model(name, args, seed, report):
@@ -256,7 +280,7 @@ def run_model(name, args, seed, report):
     total_epochs = args.epochs + args.finetune_epochs
     rows = []
     # FLOPs and latency depend on the architecture only: the dense reference is the freshly built model.
-    reference = measure(MODELS[name](), test.take(1), samples)
+    reference = cost(MODELS[name](), samples)
 
     def add(model, **fields):
         row = measure(model, test, samples, model=name, seed=seed, **fields)
@@ -268,19 +292,7 @@ def run_model(name, args, seed, report):
 
     def trained(epochs, model=None):
         """Trains `model` (the dense model if None; only the dense models are cached) for `epochs`."""
-        keras.utils.set_random_seed(seed)
-        stem = f"structured_{name}_{args.train_examples}_{epochs}epochs_seed{seed}"
-        path = args.cache and model is None and os.path.join(args.cache, f"{stem}.weights.h5")
-        model = model or MODELS[name]()
-        started = time.perf_counter()
-        if path and os.path.exists(path):
-            model.load_weights(path)
-        else:
-            ts.finetune(model, train, epochs, learning_rate=TRAIN_LR, verbose=0)
-            if path:
-                os.makedirs(args.cache, exist_ok=True)
-                model.save_weights(path)
-        return model, time.perf_counter() - started
+        return dense_model(name, train, args.train_examples, epochs, seed, args.cache, model)
 
     dense = None
     if not args.skip_dense:
