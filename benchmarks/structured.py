@@ -65,7 +65,7 @@ from common import RESULTS, VGG_CONFIG, machine, write_json  # noqa: E402
 BATCH = 128
 TRAIN_LR = 0.1
 MODELS = {
-    "resnet20": lambda: ts.models.resnet20((28, 28, 1)),
+    "resnet20": lambda width=1.0: ts.models.resnet20((28, 28, 1), width=width),
     "vgg": lambda: ts.models.vgg(VGG_CONFIG, (28, 28, 1), name="vgg_16_32_64"),
 }
 
@@ -111,22 +111,30 @@ def hap_method(implant_fraction, samples=32, batches=4):
     return run
 
 
-def csgd_method(from_scratch=False):
+def csgd_method(from_scratch=False, pull=(0.0, 0.75), width=1.0):
     """A method: C-SGD, then the exact trim, no fine-tuning.
 
     From the trained dense model for the fine-tuning epochs (at the
     fine-tuning rate), or `from_scratch`: from a fresh model for all the
-    epochs (at the training rate), "train wide, then squeeze".
+    epochs (at the training rate), "train wide, then squeeze". `pull`: when
+    the pull starts and by when the clusters meet (`csgd_prune`); `width`
+    > 1 (from scratch only): the fresh model is that much wider
+    (`tfsparse.csgd.widen`) and trimmed to the widths of `1 - ratio`.
     """
 
     def run(context, ratio):
         keras.utils.set_random_seed(context.seed)
-        if from_scratch:
+        plan = ratio
+        if width != 1.0:
+            model, plan = ts.csgd.widen(context.build, width, 1 - ratio, seed=context.seed)
+            epochs, rate = context.epochs + context.finetune_epochs, TRAIN_LR
+        elif from_scratch:
             model, epochs, rate = context.build(), context.epochs + context.finetune_epochs, TRAIN_LR
         else:
             model, epochs, rate = keras.models.clone_model(context.dense), context.finetune_epochs, context.finetune_lr
             model.set_weights(context.dense.get_weights())
-        trimmed, _ = ts.csgd_prune(model, ratio, context.train, epochs, learning_rate=rate, seed=context.seed)
+        trimmed, _ = ts.csgd_prune(model, plan, context.train, epochs, learning_rate=rate, pull=pull,
+                                   seed=context.seed)
         logits = [(model(x, training=False), trimmed(x, training=False)) for x, _ in context.test.take(4)]
         return trimmed, {"max_logit_diff": max(float(np.max(np.abs(a - b))) for a, b in logits)}
 
@@ -212,6 +220,9 @@ METHODS = {
     "hap/params": hap_method(0.0),
     "csgd/layer": csgd_method(),
     "csgd/scratch": csgd_method(from_scratch=True),
+    # Full width (or 1.25x wider) unpulled for half the steps, the clusters met by 7/8 of them.
+    "csgd/scratch-late": csgd_method(from_scratch=True, pull=(0.5, 0.875)),
+    "csgd/widen-late": csgd_method(from_scratch=True, pull=(0.5, 0.875), width=1.25),
     "polarization": polarization_method(),
     "polarization/dynamic": polarization_method(dynamic=True),
     # A third of the residual blocks with an identity shortcut removed as well.
@@ -221,7 +232,7 @@ METHODS = {
 }
 
 # Methods that never use the trained dense model.
-FROM_SCRATCH = {"csgd/scratch", "polarization", "polarization/dynamic", "polarization/blocks", "slimming",
+FROM_SCRATCH = {"csgd/scratch", "csgd/scratch-late", "csgd/widen-late", "polarization", "polarization/dynamic", "polarization/blocks", "slimming",
                 "slimming/flops"}
 
 

@@ -298,3 +298,48 @@ def test_strength_shrinks_the_vectors_distance_as_planned():
     assert abs(float(vector.numpy()[0])) < 3 * shrink < halfway
     with pytest.warns(UserWarning, match="too few"):
         ts.csgd.strength(10, rate)
+
+
+def test_a_scheduled_strength_starts_the_pull_at_its_boundary_and_saves_with_the_optimizer():
+    vector = keras.Variable(np.array([1.0, -1.0], dtype="float32"))
+    plan = {"clusters": {}, "weights": {vector.path: {"layer": "", "weight": "", "axis": 0, "labels": [0, 0]}}}
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([5], [0.0, 20.0])
+    optimizer = ts.optimizers.CentripetalSGD(plan, 0.05, centripetal_strength=schedule, weight_decay=0)
+    step = tf.function(lambda: optimizer.apply([tf.zeros(2)], [vector]))
+    distances = []
+    for _ in range(12):
+        step()
+        distances.append(float(vector.numpy()[0] - vector.numpy()[1]))
+    # Steps 0-5 (the optimizer's iterations before each update) have no pull: without weight decay the distance
+    # of a cluster does not move at all; after the boundary it shrinks.
+    assert distances[:6] == [2.0] * 6
+    assert distances[-1] < 0.5 * distances[6] < 2.0
+    again = keras.optimizers.deserialize(json.loads(json.dumps(keras.optimizers.serialize(optimizer))))
+    assert isinstance(again.centripetal_strength, keras.optimizers.schedules.PiecewiseConstantDecay)
+    assert again.get_config() == optimizer.get_config()
+    with pytest.raises(ValueError, match="centripetal_strength.*LearningRateSchedule.*'strong'"):
+        ts.optimizers.CentripetalSGD(plan, 0.05, centripetal_strength="strong")
+
+
+def test_csgd_prune_pull_window_trains_the_full_width_first_then_meets_the_clusters():
+    train = _batches(8)
+    model = ts.models.lenet_300_100((8, 8, 1))
+    monitor = ts.callbacks.ClusterMonitor(ts.csgd.clusters(model, 0.5, seed=0), print_fn=None)
+    small, _ = ts.csgd_prune(model, monitor.clusters, train, epochs=20, learning_rate=0.05, pull=(0.5, 0.875),
+                             callbacks=[monitor])
+    strength = model.optimizer.centripetal_strength
+    assert isinstance(strength, keras.optimizers.schedules.PiecewiseConstantDecay)
+    assert strength.boundaries == [80]
+    distances = [max(epoch.values()) for epoch in monitor.history]
+    # Unpulled for 10 epochs: the averaged gradient keeps each cluster's distances, weight decay shrinks them a
+    # little; then they close.
+    assert distances[9] > 0.9 * distances[0]
+    assert distances[-1] < 1e-5
+    assert (small.get_layer("fc1").units, small.get_layer("fc2").units) == (150, 50)
+    _assert_same_predictions(model, small)
+
+
+@pytest.mark.parametrize("pull", [(0.5, 0.5), (0.8, 0.2), (-0.1, 0.5), (0.0, 1.5), 0.5, ("a", "b")])
+def test_csgd_prune_rejects_a_bad_pull_window(pull):
+    with pytest.raises(ValueError, match=r"Argument `pull` must be two fractions"):
+        ts.csgd_prune(small_model(), 0.5, _batches(1), epochs=1, pull=pull)

@@ -316,9 +316,14 @@ def trim(model, clusters, tolerance=1e-5):
     return merge_channels(model, {groups[name]: lists for name, lists in clusters["clusters"].items()})
 
 
+def _is_clusters(value):
+    """Whether `value` has the form of `clusters`' result."""
+    return (isinstance(value, Mapping) and isinstance(value.get("clusters"), Mapping)
+            and isinstance(value.get("weights"), Mapping))
+
+
 def _check_clusters(clusters):
-    if not (isinstance(clusters, Mapping) and isinstance(clusters.get("clusters"), Mapping)
-            and isinstance(clusters.get("weights"), Mapping)):
+    if not _is_clusters(clusters):
         raise TypeError(
             f"Argument `clusters` must be the mapping returned by `tfsparse.csgd.clusters(model, ...)`, "
             f"received: {clusters!r:.200} (of type {type(clusters).__name__})."
@@ -425,8 +430,9 @@ def widen(build, width, target_width, method="kmeans", seed=None, **kwargs):
     return model, clusters(model, widths, method=method, seed=seed)
 
 
-def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_strength=None, method="kmeans",
-               seed=None, loss=None, calibration_batches=CALIBRATION_BATCHES, callbacks=None, verbose=0):
+def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_strength=None, pull=(0.0, 0.75),
+               method="kmeans", seed=None, loss=None, calibration_batches=CALIBRATION_BATCHES, callbacks=None,
+               verbose=0):
     """The C-SGD recipe: cluster, train the clusters into identical channels, trim exactly.
 
     `model` is trained in place with `CentripetalSGD` (Nesterov momentum
@@ -437,7 +443,10 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
     the recomputed ones exactly), and it is trimmed with `trim`, without
     fine-tuning. By default the strength is chosen with `strength` so that
     the clusters are identical after three quarters of the steps, leaving
-    the rest to train the collapsed network. With the paper's momentum 0.9
+    the rest to train the collapsed network; `pull` moves that window (e.g.
+    `(0.5, 0.875)` trains the full width for half the steps, unpulled, and
+    pulls the clusters together over the next three eighths: the strength
+    is then a `PiecewiseConstantDecay` schedule). With the paper's momentum 0.9
     the biases and BatchNorm parameters (pulled at 0.1x) close by at most
     about 10% a step: a pre-trained model needs some hundred steps for an
     exact trim (`trim` warns otherwise).
@@ -445,12 +454,17 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
     Args:
         model: a built functional or Sequential `keras.Model` (usually
             trained).
-        ratio: the fraction of channels to remove, or a mapping (see
-            `clusters`).
+        ratio: the fraction of channels to remove, a mapping (see
+            `clusters`), or the clusters themselves (e.g. from `widen`).
         data: a finite `tf.data.Dataset` of `(x, y)` batches.
         epochs: training epochs, > 0.
         learning_rate: the initial learning rate.
-        centripetal_strength: the pull; None chooses it from the step budget.
+        centripetal_strength: the pull (a float or a schedule of the step);
+            None chooses it from the step budget and `pull`.
+        pull: `(start, meet)`, fractions of the steps, `0 <= start < meet
+            <= 1`: when the chosen pull begins and by when the clusters are
+            identical (to 1e-6 of their distance). Only used when
+            `centripetal_strength` is None.
         method: `"kmeans"` or `"even"`.
         seed: the clustering seed.
         loss: the training loss; defaults to sparse categorical
@@ -481,7 +495,8 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
     16
     """
     epochs = checks.check_positive_int(epochs, "epochs")
-    plan = clusters(model, ratio, method=method, seed=seed)
+    pull = _check_pull(pull)
+    plan = ratio if _is_clusters(ratio) else clusters(model, ratio, method=method, seed=seed)
     batches = int(data.cardinality()) if hasattr(data, "cardinality") else -1
     if batches < 0 and centripetal_strength is None:
         raise ValueError(
@@ -491,13 +506,37 @@ def csgd_prune(model, ratio, data, epochs, learning_rate=0.05, centripetal_stren
     steps = max(epochs * batches, 1)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     if centripetal_strength is None:
-        pull = max(steps * 3 // 4, 1)  # the pull's steps, at the mean of the cosine schedule over them
-        mean_rate = learning_rate * float(np.mean(0.5 * (1 + np.cos(np.pi * np.arange(pull) / steps))))
-        # At most 1 / learning_rate: the kernels' pull must not overshoot at the schedule's peak.
-        centripetal_strength = min(strength(pull, mean_rate), 1 / learning_rate)
+        centripetal_strength = _strength_for_window(pull, steps, learning_rate)
     model.compile(CentripetalSGD(plan, schedule, centripetal_strength=centripetal_strength),
                   loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     if calibration_batches:
         recalibrate_batch_norm(model, data, calibration_batches)
     return trim(model, plan), plan
+
+
+def _check_pull(pull):
+    """`pull` as two floats `0 <= start < meet <= 1`, or a ValueError naming it."""
+    try:
+        start, meet = (float(f) for f in pull)
+    except (TypeError, ValueError):
+        start = meet = None
+    if start is None or not 0 <= start < meet <= 1:
+        raise ValueError(
+            f"Argument `pull` must be two fractions of the steps `(start, meet)` with 0 <= start < meet <= 1, "
+            f"received: {pull!r}."
+        )
+    return start, meet
+
+
+def _strength_for_window(pull, steps, learning_rate):
+    """The strength (a float, or a schedule that is 0 before the window) that meets the clusters within `pull`."""
+    start, meet = (round(steps * f) for f in pull)
+    meet = max(meet, start + 1)
+    # The cosine learning rate over the window: its mean sets the pull, its peak (the window's first step) caps
+    # it, where the kernels' pull would overshoot in one step.
+    rates = learning_rate * 0.5 * (1 + np.cos(np.pi * np.arange(start, meet) / steps))
+    value = min(strength(meet - start, float(np.mean(rates))), 1 / float(rates[0]))
+    if start == 0:
+        return value
+    return keras.optimizers.schedules.PiecewiseConstantDecay([start], [0.0, value])

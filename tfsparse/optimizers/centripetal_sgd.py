@@ -50,7 +50,10 @@ class CentripetalSGD(keras.optimizers.SGD):
         learning_rate: a float or a `keras.optimizers.schedules` schedule.
         momentum: SGD momentum in [0, 1].
         nesterov: whether to use Nesterov momentum.
-        centripetal_strength: the pull `epsilon` >= 0.
+        centripetal_strength: the pull `epsilon` >= 0, or a
+            `keras.optimizers.schedules.LearningRateSchedule` of the step
+            (e.g. `PiecewiseConstantDecay([1000], [0.0, 1.0])` trains the
+            full width for 1000 steps before the pull begins).
         weight_decay: the L2 coefficient `eta` >= 0 of every variable.
         **kwargs: other `keras.optimizers.Optimizer` arguments (`name`,
             `clipnorm`, ...).
@@ -82,12 +85,19 @@ class CentripetalSGD(keras.optimizers.SGD):
                 f"Argument `clusters` must be the mapping returned by `tfsparse.csgd.clusters(model, ...)`, "
                 f"received: {clusters!r:.200} (of type {type(clusters).__name__})."
             )
+        scheduled = isinstance(centripetal_strength, keras.optimizers.schedules.LearningRateSchedule)
         for argument, value in (("centripetal_strength", centripetal_strength), ("weight_decay", weight_decay)):
+            if scheduled and argument == "centripetal_strength":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Argument `{argument}` must be a number >= 0, received: {value!r}.")
+                raise ValueError(
+                    f"Argument `{argument}` must be a number >= 0"
+                    f"{' or a LearningRateSchedule' if argument == 'centripetal_strength' else ''}, "
+                    f"received: {value!r}."
+                )
         # Kept as text: attributes that hold dicts are wrapped (and the user's dict changed) by object tracking.
         self._clusters = json.dumps(clusters)
-        self.centripetal_strength = float(centripetal_strength)
+        self.centripetal_strength = centripetal_strength if scheduled else float(centripetal_strength)
         # Not the base class's `weight_decay`, which is decoupled and would also shrink the clustered weights.
         self.l2 = float(weight_decay)
         self.pulled = {}
@@ -112,7 +122,7 @@ class CentripetalSGD(keras.optimizers.SGD):
         self.pulled = {v.path: p for v, p in zip(variables, self._pulls) if p is not None}
 
     def _pull(self, variable, entry):
-        """`(labels, axis, strength)` of one clustered variable, `None` if no cluster has 2 channels."""
+        """`(labels, axis, factor of the strength)` of one clustered variable, `None` if no cluster has 2 channels."""
         axis, labels = entry["axis"], entry["labels"]
         if variable.shape[axis] != len(labels):
             raise ValueError(
@@ -121,8 +131,7 @@ class CentripetalSGD(keras.optimizers.SGD):
             )
         if max(labels, default=-1) < 0:
             return None
-        factor = VECTOR_STRENGTH if len(variable.shape) == 1 else 1.0
-        return labels, axis, self.centripetal_strength * factor
+        return labels, axis, VECTOR_STRENGTH if len(variable.shape) == 1 else 1.0
 
     def update_step(self, gradient, variable, learning_rate):
         """Transforms the gradient (centripetal or L2), then takes an SGD step."""
@@ -130,13 +139,29 @@ class CentripetalSGD(keras.optimizers.SGD):
         # `_get_variable_index` is how Keras' own optimizers find a variable's slots, replicas included.
         pull = self._pulls[self._get_variable_index(variable)]
         if pull is not None:
-            labels, axis, strength = pull
-            gradient = centripetal_gradient(gradient, variable, labels, strength, self.l2, axis)
+            labels, axis, factor = pull
+            gradient = centripetal_gradient(gradient, variable, labels, self._strength() * factor, self.l2, axis)
         elif self.l2:
             gradient = gradient + self.l2 * variable
         super().update_step(gradient, variable, learning_rate)
 
+    def _strength(self):
+        """The strength at the current step."""
+        if isinstance(self.centripetal_strength, keras.optimizers.schedules.LearningRateSchedule):
+            return ops.cast(self.centripetal_strength(self.iterations), "float32")
+        return self.centripetal_strength
+
     def get_config(self):
         config = super().get_config()
-        config.update(clusters=self.clusters, centripetal_strength=self.centripetal_strength, weight_decay=self.l2)
+        strength = self.centripetal_strength
+        if isinstance(strength, keras.optimizers.schedules.LearningRateSchedule):
+            strength = keras.optimizers.schedules.serialize(strength)
+        config.update(clusters=self.clusters, centripetal_strength=strength, weight_decay=self.l2)
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        if isinstance(config.get("centripetal_strength"), dict):
+            config = {**config, "centripetal_strength": keras.optimizers.schedules.deserialize(
+                config["centripetal_strength"], custom_objects=custom_objects)}
+        return super().from_config(config, custom_objects=custom_objects)
