@@ -1,10 +1,11 @@
 """The time of one mask update next to one training step, for Dense layers of 1M, 4M and 16M weights.
 
-A mask update is the wrappers' update path: scores `|w * mask|`, then the
-new mask that keeps the highest scores (`topk_mask` for one layer,
-`global_topk_masks` for a whole model in global scope). It is timed with
-tfsparse's linear-time selection ("after") and with the selection by
-`tf.math.top_k` it replaced ("before", kept here as the reference), and
+A mask update is the wrappers' update path: scores `|w|` where the
+boolean mask is set, then the new boolean mask that keeps the highest
+scores (`topk_mask` for one layer, `global_topk_masks` for a whole model in
+global scope). It is timed with tfsparse's linear-time selection ("after")
+and with float masks and the selection by `tf.math.top_k` it replaced
+("before", kept here as the reference), and
 next to one SGD training step of the dense layer (or model) at batch 128.
 Both selections give identical masks (checked at every size). Rounds are
 interleaved; reported are medians of wall and process CPU seconds, the
@@ -48,7 +49,7 @@ def reference_update(kernels, masks, sparsity):
 
     With one kernel this is `topk_mask(|w * mask|, sparsity, min_kept=1)`.
     """
-    parts = [tf.reshape(tf.abs(w * m), [-1]) for w, m in zip(kernels, masks)]
+    parts = [tf.reshape(tf.abs(w * tf.cast(m, w.dtype)), [-1]) for w, m in zip(kernels, masks)]
     parts = [tf.where(reference_keep_highest(p, 1) > 0, float("inf"), p) for p in parts]
     flat = tf.concat(parts, axis=0)
     total = flat.shape[0]
@@ -58,11 +59,11 @@ def reference_update(kernels, masks, sparsity):
 
 
 def update(kernels, masks, sparsity):
-    """The wrappers' update path: one layer (`topk_mask`) or a whole model (`global_topk_masks`)."""
-    scores = [tf.abs(w * m) for w, m in zip(kernels, masks)]
+    """The wrappers' update path: one layer (`topk_mask`) or a whole model (`global_topk_masks`), boolean masks."""
+    scores = [tf.where(m, tf.abs(w), 0.0) for w, m in zip(kernels, masks)]
     if len(scores) == 1:
-        return [ts.scoring.topk_mask(scores[0], sparsity, min_kept=1)]
-    return ts.scoring.global_topk_masks(scores, sparsity, min_kept=1)
+        return [ts.scoring.topk_mask(scores[0], sparsity, min_kept=1, dtype=tf.bool)]
+    return ts.scoring.global_topk_masks(scores, sparsity, min_kept=1, dtype=tf.bool)
 
 
 def dense_model(widths):
@@ -92,7 +93,7 @@ def measure(widths, sparsity, rounds):
     model = dense_model(widths)
     kernels = [layer.kernel for layer in model.layers]
     # The masks of a model already pruned to half the target, as between two updates.
-    masks = [tf.constant(ts.scoring.topk_mask(tf.abs(k), sparsity / 2)) for k in kernels]
+    masks = [ts.scoring.topk_mask(tf.abs(k), sparsity / 2, dtype=tf.bool) for k in kernels]
     functions = {
         "step": train_step(model, jit_compile=False),
         "step_xla": train_step(model, jit_compile=True),

@@ -192,11 +192,12 @@ def _dense_with_unseeded_initializer():
     return dense
 
 
-def test_gradient_reaches_trained_entries_only_and_matches_the_plain_layer():
+def test_gradient_passes_straight_through_and_only_trained_entries_change_the_layer():
     layer = Frozen(keras.layers.Dense(5, name="d"), seed=6)
     layer.build((None, 4))
     mask = np.random.rand(4, 5) < 0.5
     layer.set_masks([mask])
+    frozen = keras.ops.convert_to_numpy(layer.frozen_weights()["kernel"])
     plain = keras.layers.Dense(5)
     plain.build((None, 4))
     plain.set_weights([keras.ops.convert_to_numpy(layer.effective_weights()["kernel"]), layer.layer.bias.numpy()])
@@ -205,6 +206,10 @@ def test_gradient_reaches_trained_entries_only_and_matches_the_plain_layer():
         ours = tf.reduce_sum(layer(x) ** 2)
         theirs = tf.reduce_sum(plain(x) ** 2)
     got = tape.gradient(ours, layer.layer.kernel).numpy()
-    want = tape.gradient(theirs, plain.kernel).numpy()
-    np.testing.assert_array_equal(got, np.where(mask, want, 0.0))
-    assert np.count_nonzero(got) == np.count_nonzero(want[mask])
+    np.testing.assert_array_equal(got, tape.gradient(theirs, plain.kernel).numpy())
+    # A step moves the stored variable everywhere, the effective kernel only where the mask is 1.
+    keras.optimizers.SGD(0.5).apply([got], [layer.layer.kernel])
+    effective = keras.ops.convert_to_numpy(layer.effective_weights()["kernel"])
+    np.testing.assert_array_equal(effective[~mask], frozen[~mask])
+    assert np.all(effective[mask] != plain.kernel.numpy()[mask])
+    assert np.all(layer.layer.kernel.numpy()[~mask] != frozen[~mask])

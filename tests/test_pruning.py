@@ -129,6 +129,38 @@ def test_tfmot_schedule_objects_are_accepted_as_they_are():
     assert all(isinstance(l.pruning_schedule, ts.schedules.PolynomialDecay) for l in _masked_layers(model))
 
 
+def test_gradient_passes_straight_through_and_pruned_weights_never_come_back():
+    schedule = ts.schedules.PolynomialDecay(0.5, 0.8, begin_step=1, end_step=11, frequency=10)
+    layer = Masked(keras.layers.Dense(8), pruning_schedule=schedule)
+    layer.build((None, 6))
+    plain = keras.layers.Dense(8)
+    plain.build((None, 6))
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    optimizer = keras.optimizers.SGD(0.1)
+
+    def step():
+        with tf.GradientTape(persistent=True) as tape:
+            ours = tf.reduce_sum(layer(x, training=True) ** 2)
+            plain.set_weights([keras.ops.convert_to_numpy(w) for w in layer.effective_weights().values()]
+                              + [layer.layer.bias.numpy()])
+            theirs = tf.reduce_sum(plain(x) ** 2)
+        gradient = tape.gradient(ours, layer.layer.kernel)
+        np.testing.assert_allclose(gradient, tape.gradient(theirs, plain.kernel), rtol=1e-6)
+        optimizer.apply([gradient], [layer.layer.kernel])
+
+    step()  # step 1: half the kernel pruned
+    first = layer.masks[0].numpy()
+    pruned_values = layer.layer.kernel.numpy()[~first]
+    for _ in range(9):
+        step()
+    assert np.all(layer.layer.kernel.numpy()[~first] != pruned_values)  # the stored entries trained, unread
+    # Stored pruned entries made the largest: a plain magnitude rule would bring them back at step 11.
+    layer.layer.kernel.assign(np.where(first, layer.layer.kernel.numpy(), 100.0))
+    step()
+    second = layer.masks[0].numpy()
+    assert _zeros(second) == round(0.8 * second.size) and not np.any(second & ~first)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer",

@@ -95,8 +95,6 @@ def test_sequence_layer_prunes_trains_strips_and_reloads(block, names, tmp_path)
     for name, stored, mask in zip(names, wrapper.prunable_weights, wrapper.masks):
         mask, stored = _numpy(mask), _numpy(stored)
         assert np.sum(mask == 0) == _expected_zeros(mask.size), name
-        # The layer computed with the masked weight at every step: no gradient reached the pruned entries.
-        np.testing.assert_array_equal(stored[mask == 0], before[name][mask == 0])
         kept_changed.append(not np.array_equal(stored[mask == 1], before[name][mask == 1]))
     assert any(kept_changed)
     effective = wrapper.effective_weights()

@@ -32,10 +32,15 @@ class Masked(ParametrizedWrapper):
 
     The mask is a boolean variable (one byte per entry; `.keras` files whose
     masks are floats load as well) applied in `call` as
-    `where(mask, kernel, 0)`, one select in the forward pass and one in the
-    backward pass; the stored kernel is
-    never overwritten, so masked entries of the *effective* kernel are exactly
-    zero whatever the optimizer does (momentum, Adam, decoupled weight decay).
+    `where(mask, kernel, 0)`, one select in the forward pass and none in the
+    backward pass: the gradient reaches the stored kernel straight through
+    (see `select`), as in TFMOT, where the layer reads the stored kernel.
+    The wrapper never overwrites the stored kernel, so masked entries of
+    the *effective* kernel are exactly zero whatever the optimizer does
+    (momentum, Adam, decoupled weight decay); the stored entries behind
+    them still train, unread, and never come back: masks are recomputed
+    from `|kernel * mask|`, so pruned weights stay pruned. (Per-variable
+    gradient clipping, `clipnorm`, therefore sees them too, as in TFMOT.)
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
     inside the training step at the schedule's frequency: a step counter
     (`pruning_step`) advances on every call with `training=True`, so
@@ -274,29 +279,29 @@ class Masked(ParametrizedWrapper):
         return tf.constant(True)
 
     def _new_masks(self, pairs, step):
-        """Boolean masks from `|w * mask|` at `step`, so that pruned weights stay pruned.
+        """Boolean masks from `|w|` where the mask is set, 0 elsewhere, so that pruned weights stay pruned.
 
         Every weight keeps at least one entry (one block), as in TFMOT.
         """
-        scores = [tf.abs(w.value) * tf.cast(m.value, w.dtype) for w, m in pairs]
-        return [tf.cast(mask, tf.bool) for mask in self._magnitude_masks(scores, step)]
+        scores = [tf.where(m.value, tf.abs(w.value), tf.constant(0, w.dtype)) for w, m in pairs]
+        return self._magnitude_masks(scores, step)
 
     def _magnitude_masks(self, scores, step):
-        """The 0/1 masks of `scores` at `step`, by the layer's structure and scope."""
+        """The boolean masks of `scores` at `step`, by the layer's structure and scope."""
         if self.sparsity_m_by_n:
-            return [magnitude.m_by_n_mask(s, self.sparsity_m_by_n) for s in scores]
+            return [magnitude.m_by_n_mask(s, self.sparsity_m_by_n, dtype=tf.bool) for s in scores]
         sparsity = self._sparsity(step)
         if self.scope == "global":
-            return magnitude.global_topk_masks(scores, sparsity, min_kept=1)
+            return magnitude.global_topk_masks(scores, sparsity, min_kept=1, dtype=tf.bool)
         if self.block_size != (1, 1):
             return [
                 magnitude.block_mask(
                     s, magnitude.capped_sparsity(sparsity, self._num_blocks(s.shape)), self.block_size,
-                    self.block_pooling_type,
+                    self.block_pooling_type, dtype=tf.bool,
                 )
                 for s in scores
             ]
-        return [magnitude.topk_mask(s, sparsity, min_kept=1) for s in scores]
+        return [magnitude.topk_mask(s, sparsity, min_kept=1, dtype=tf.bool) for s in scores]
 
     def _num_blocks(self, shape):
         """How many blocks `block_mask` scores in a rank-2 weight (edges padded)."""

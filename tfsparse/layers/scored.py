@@ -243,7 +243,7 @@ def short_restriction(scores, mask, num_pruned, rate):
     def best(candidates, key):
         # The `swaps` candidates of highest `key`, equal keys by position.
         keys = tf.where(candidates, key, -float("inf"))
-        return tf.logical_and(candidates, magnitude.keep_highest(keys, swaps) > 0)
+        return tf.logical_and(candidates, magnitude.keep_highest(keys, swaps))
 
     # Ranking is only needed to swap some but not all of the candidates.
     swap_all = tf.logical_and(allowed, tf.equal(swaps, count))

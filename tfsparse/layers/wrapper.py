@@ -243,13 +243,17 @@ class ParametrizedWrapper(keras.layers.Wrapper):
 
 
 def select(mask, kept, other):
-    """`where(mask, kept, other)`, differentiated with respect to `kept` only.
+    """`where(mask, kept, other)`, with the gradient passed to `kept` straight through.
 
     The effective weight of a wrapper with a boolean mask: `Masked` selects
     its weight or zero, `Frozen` its trained or its frozen values. The
-    generic gradient of `where` also builds a tensor of zeros and the
-    gradient of `other`; skipping both leaves one select in the forward
-    pass and one in the backward pass, with no cast of the mask.
+    forward pass is one select; the backward pass is none: the gradient of
+    the result reaches `kept` whole, as if unmasked (a straight-through
+    estimator), and `other` gets none. Entries of `kept` where `mask` is
+    false are never read, so their gradient changes nothing the layer
+    computes; skipping its masking saves a pass over the weight per step
+    (the generic gradient of `where` would also build a tensor of zeros
+    and the gradient of `other`).
 
     Args:
         mask: a boolean tensor or variable.
@@ -276,7 +280,7 @@ def select(mask, kept, other):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            return keras.ops.where(mask, upstream, 0.0)
+            return upstream
 
         return keras.ops.where(mask, kept, other), grad
 

@@ -35,7 +35,7 @@ def capped_sparsity(sparsity, size, min_kept=1):
     return tf.minimum(tf.cast(sparsity, tf.float64), ceiling)
 
 
-def topk_mask(scores, sparsity, min_kept=0):
+def topk_mask(scores, sparsity, min_kept=0, dtype=None):
     """Keeps the `n - round(sparsity * n)` highest scores of a tensor.
 
     Ties are broken by position, so the number of kept entries never depends
@@ -46,9 +46,11 @@ def topk_mask(scores, sparsity, min_kept=0):
         scores: a float tensor of any shape (e.g. `|w|`).
         sparsity: a scalar in [0, 1], Python float or tensor.
         min_kept: the fewest entries to keep (magnitude pruning keeps 1).
+        dtype: the mask's dtype, `scores.dtype` by default; `tf.bool`
+            saves the passes that convert a boolean mask.
 
     Returns:
-        A tensor of `scores.dtype` and shape, 1.0 where kept, 0.0 elsewhere.
+        A tensor of `scores`' shape, 1 (True) where kept, 0 elsewhere.
 
     Example:
 
@@ -58,11 +60,11 @@ def topk_mask(scores, sparsity, min_kept=0):
     flat = tf.reshape(scores, [-1])
     size = flat.shape[0]
     keep = size - num_pruned(capped_sparsity(sparsity, size, min_kept), size)
-    return tf.reshape(keep_highest(flat, keep), tf.shape(scores))
+    return tf.cast(tf.reshape(keep_highest(flat, keep), tf.shape(scores)), dtype or scores.dtype)
 
 
 def keep_highest(values, keep):
-    """1 at the `keep` highest entries of each row (last axis), 0 elsewhere.
+    """True at the `keep` highest entries of each row (last axis), False elsewhere.
 
     Linear time: the `keep`-th highest value of each row is the threshold,
     every entry above it is kept, and of the entries equal to it the first
@@ -74,21 +76,20 @@ def keep_highest(values, keep):
             `[0, values.shape[-1]]`.
 
     Returns:
-        A tensor of `values`' shape and dtype.
+        A boolean tensor of `values`' shape.
 
     Example:
 
     >>> keep_highest(tf.constant([[0.3, 0.1, 0.3], [0.1, 0.2, 0.2]]), 2).numpy()
-    array([[1., 0., 1.],
-           [0., 1., 1.]], dtype=float32)
+    array([[ True, False,  True],
+           [False,  True,  True]])
     """
     threshold = kth_highest(values, keep)
     at_least = values >= threshold
     # Most updates have no partial tie (one entry equals the threshold);
     # then the running count of ties is not needed.
     no_partial_tie = tf.reduce_all(tf.equal(tf.reduce_sum(tf.cast(at_least, tf.int32), axis=-1), keep))
-    kept = tf.cond(no_partial_tie, lambda: at_least, lambda: _first_ties(values, threshold, keep))
-    return tf.cast(kept, values.dtype)
+    return tf.cond(no_partial_tie, lambda: at_least, lambda: _first_ties(values, threshold, keep))
 
 
 def _first_ties(values, threshold, keep):
@@ -144,7 +145,7 @@ def _flip_negative(bits):
     return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, bits.dtype.max), bits)
 
 
-def block_mask(scores, sparsity, block_size, pooling="AVG"):
+def block_mask(scores, sparsity, block_size, pooling="AVG", dtype=None):
     """Prunes whole blocks of a 2-D score matrix, lowest block scores first.
 
     The matrix is tiled with `block_size` blocks from the top left; when a
@@ -170,9 +171,10 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
             (Python float or tensor).
         block_size: `(rows, cols)` of a block.
         pooling: `"AVG"` or `"MAX"`: how a block's score is pooled.
+        dtype: the mask's dtype, `scores.dtype` by default (or `tf.bool`).
 
     Returns:
-        A 0/1 mask of the shape and dtype of `scores`.
+        A 0/1 mask of the shape of `scores`.
 
     Example:
 
@@ -190,11 +192,11 @@ def block_mask(scores, sparsity, block_size, pooling="AVG"):
         kept = _kept_blocks_in_order(block_scores, sizes.reshape(-1), target)
     kept = tf.reshape(kept, _grid_shape(rows, cols, block_size))
     br, bc = block_size
-    return tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)[:rows, :cols]
+    return tf.cast(tf.repeat(tf.repeat(kept, br, axis=0), bc, axis=1)[:rows, :cols], dtype or scores.dtype)
 
 
 def _kept_equal_blocks(block_scores, size, target):
-    """1 at the blocks that `block_mask` keeps when every block holds `size` entries, in linear time.
+    """True at the blocks that `block_mask` keeps when every block holds `size` entries, in linear time.
 
     Pruning `c` blocks prunes `c * size` entries: the closest count to
     `target` is its nearest multiple of `size`, the lower one at half way.
@@ -207,7 +209,7 @@ def _kept_equal_blocks(block_scores, size, target):
 
 
 def _kept_blocks_in_order(block_scores, sizes, target):
-    """1 at the blocks that `block_mask` keeps when edge blocks are smaller: a sort of the blocks.
+    """True at the blocks that `block_mask` keeps when edge blocks are smaller: a sort of the blocks.
 
     The pruned count of a prefix of the blocks' order depends on which
     (smaller) edge blocks it holds, so the order itself is needed.
@@ -216,7 +218,7 @@ def _kept_blocks_in_order(block_scores, sizes, target):
     pruned_so_far = tf.concat([[0], tf.cumsum(tf.gather(sizes, order))], axis=0)
     count = tf.argmin(tf.abs(pruned_so_far - target), output_type=tf.int32)
     pruned_in_order = tf.range(tf.size(order)) < count
-    return tf.scatter_nd(order[:, None], tf.cast(tf.logical_not(pruned_in_order), block_scores.dtype), tf.shape(order))
+    return tf.gather(tf.logical_not(pruned_in_order), tf.argsort(order))
 
 
 def _grid_shape(rows, cols, block_size):
@@ -247,7 +249,7 @@ def _pooled_blocks(scores, block_size, pooling, sizes):
     return tf.reduce_sum(blocks, axis=[1, 3]) / tf.constant(sizes, scores.dtype)
 
 
-def m_by_n_mask(scores, m_by_n):
+def m_by_n_mask(scores, m_by_n, dtype=None):
     """Prunes `m` of every `n` consecutive entries along the input-channel axis.
 
     The input-channel axis of a Dense or convolution kernel is axis -2
@@ -257,9 +259,10 @@ def m_by_n_mask(scores, m_by_n):
     Args:
         scores: a float tensor of rank >= 2.
         m_by_n: `(m, n)`, e.g. `(2, 4)`: 2 zeros in each group of 4.
+        dtype: the mask's dtype, `scores.dtype` by default (or `tf.bool`).
 
     Returns:
-        A mask of the shape of `scores`.
+        A 0/1 mask of the shape of `scores`.
     """
     m, n = m_by_n
     moved = tf.experimental.numpy.moveaxis(scores, -2, -1)
@@ -269,10 +272,10 @@ def m_by_n_mask(scores, m_by_n):
     flat = tf.reshape(moved, [-1, channels])
     groups = tf.reshape(tf.pad(flat, [[0, 0], [0, pad]], constant_values=-1.0), [-1, n])
     kept = tf.reshape(keep_highest(groups, n - m), [-1, channels + pad])[:, :channels]
-    return tf.experimental.numpy.moveaxis(tf.reshape(kept, shape), -1, -2)
+    return tf.cast(tf.experimental.numpy.moveaxis(tf.reshape(kept, shape), -1, -2), dtype or scores.dtype)
 
 
-def global_topk_masks(scores, sparsity, min_kept=0):
+def global_topk_masks(scores, sparsity, min_kept=0, dtype=None):
     """Keeps the highest scores across several tensors at once.
 
     One threshold for all: exactly `round(sparsity * total)` entries of the
@@ -285,9 +288,10 @@ def global_topk_masks(scores, sparsity, min_kept=0):
         sparsity: scalar fraction to prune overall.
         min_kept: the fewest entries to keep in each tensor (magnitude
             pruning keeps 1, so that no layer is cut off).
+        dtype: the masks' dtype, the scores' by default (or `tf.bool`).
 
     Returns:
-        A list of masks, one per input, of matching shapes.
+        A list of 0/1 masks, one per input, of matching shapes.
 
     Example:
 
@@ -301,9 +305,9 @@ def global_topk_masks(scores, sparsity, min_kept=0):
     if sum(floors):
         # Each tensor's `min_kept` highest entries outrank every other entry.
         infinity = tf.constant(float("inf"), scores[0].dtype)
-        parts = [tf.where(keep_highest(p, k) > 0, infinity, p) for p, k in zip(parts, floors)]
+        parts = [tf.where(keep_highest(p, k), infinity, p) for p, k in zip(parts, floors)]
     flat = tf.concat(parts, axis=0)
     total = flat.shape[0]
     keep = tf.maximum(total - num_pruned(sparsity, total), sum(floors))
     mask = keep_highest(flat, keep)
-    return [tf.reshape(part, tf.shape(s)) for part, s in zip(tf.split(mask, sizes), scores)]
+    return [tf.cast(tf.reshape(part, tf.shape(s)), dtype or s.dtype) for part, s in zip(tf.split(mask, sizes), scores)]
