@@ -23,10 +23,13 @@ thread); the goals of the structured core are checked on the 50% rows.
 The structured methods built on the core are rows of the same table:
 `hap+implants/params` and `hap/params` (`tfsparse.hap`, the ratio counted
 in parameters, with and without implants, against `l1/params` and
-`taylor/params`), `l1/global+distillation` (fine-tuned with knowledge
-distillation from the dense model), `csgd/layer` (C-SGD from the dense model for the
+`taylor/params`; `/layer-trace`: one trace per layer),
+`l1/global+distillation` (fine-tuned with knowledge distillation from the
+dense model), `csgd/layer` (C-SGD from the dense model for the
 fine-tuning epochs, then the exact trim; `csgd/scratch`: from a fresh
-model for all the epochs), `polarization` (gates trained
+model for all the epochs; `csgd/scratch-late`: the pull from half the
+steps on; `csgd/widen-late`: the same from a 1.25x wider model),
+`polarization` (gates trained
 from a fresh model for the same total epochs, then stripped; `/dynamic`
 with input-dependent gates, their consensus measured on the test set;
 `/blocks` also closing a third of the residual blocks) and
@@ -99,12 +102,15 @@ def criterion_method(importance, scope, target="channels", max_layer_ratio=0.9, 
     return run
 
 
-def hap_method(implant_fraction, samples=32, batches=4):
-    """A method: `tfsparse.hap` (that fraction of the parameters removed, implants counted), then fine-tuning."""
+def hap_method(implant_fraction, samples=32, batches=4, per="channel"):
+    """A method: `tfsparse.hap` (that fraction of the parameters removed, implants counted), then fine-tuning.
+
+    `per`: traces per channel (HAP's) or per layer (`tfsparse.scoring.HessianTrace`).
+    """
 
     def run(context, ratio):
         pruned = ts.hap(context.dense, ratio, context.train, implant_fraction=implant_fraction, samples=samples,
-                        batches=batches, target="params", seed=context.seed, verbose=0, print_fn=None)
+                        batches=batches, target="params", seed=context.seed, per=per, verbose=0, print_fn=None)
         implanted = sum(layer.filters for layer in pruned.layers if layer.name.endswith("_implant"))
         return pruned, {**fine_tuned(pruned, context), "implanted_channels": implanted}
 
@@ -218,6 +224,7 @@ METHODS = {
     "l1/flops": criterion_method("l1", "global", "flops"),
     "hap+implants/params": hap_method(0.1),
     "hap/params": hap_method(0.0),
+    "hap+implants/params/layer-trace": hap_method(0.1, per="layer"),
     "csgd/layer": csgd_method(),
     "csgd/scratch": csgd_method(from_scratch=True),
     # Full width (or 1.25x wider) unpulled for half the steps, the clusters met by 7/8 of them.

@@ -99,12 +99,12 @@ def _largest_channel(model, target):
     return max(cost.saved({i: [c]})[position] for i, g in enumerate(groups) for c in range(g.size)) / whole
 
 
-@pytest.mark.parametrize("target", ["params", "flops"])
-def test_hap_removes_the_requested_fraction_implants_counted_within_one_channel(target):
+@pytest.mark.parametrize("target, per", [("params", "channel"), ("flops", "channel"), ("params", "layer")])
+def test_hap_removes_the_requested_fraction_implants_counted_within_one_channel(target, per):
     model = _small(batch_norm=True)
     x, y = _digits()
     reports = []
-    small = ts.hap(model, 0.5, (x, y), implant_fraction=0.25, samples=2, target=target, seed=1, verbose=0,
+    small = ts.hap(model, 0.5, (x, y), implant_fraction=0.25, samples=2, target=target, seed=1, per=per, verbose=0,
                    print_fn=reports.append)
     assert any(layer.name.endswith("_implant") for layer in small.layers)
     key = "parameters" if target == "params" else "flops"
@@ -122,6 +122,8 @@ def test_hap_arguments_are_checked():
         ts.hap(model, 0.5, _digits(), target="bytes")
     with pytest.raises(ValueError, match="`data` is required by importance 'hessian'"):
         ts.hap(model, 0.5, None)
+    with pytest.raises(ValueError, match="`per` must be 'channel' or 'layer', received: 'block'"):
+        ts.hap(model, 0.5, _digits(), per="block")
 
 
 @pytest.mark.slow

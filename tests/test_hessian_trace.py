@@ -175,6 +175,21 @@ def test_hessian_criterion_sums_trace_times_mean_square_over_the_producers():
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
+def test_hessian_criterion_per_layer_gives_each_entry_its_layer_mean_diagonal():
+    model, x, y = _residual()
+    (group,) = [g for g in dependency_groups(model) if g.producers == ("a", "b")]
+    traces = ts.scoring.hessian_trace(model, (x, y), samples=2, seed=9, per="layer", verbose=0)
+    kernels = {name: model.get_layer(name).kernel.numpy() for name in "ab"}
+    # T_layer * ||W_c||^2 / numel(W), summed over the producers.
+    expected = sum(float(traces[f"{n}/kernel"].value) * np.square(k).reshape(-1, 3).sum(0) / k.size
+                   for n, k in kernels.items())
+    criterion = ts.scoring.HessianTrace(samples=2, seed=9, verbose=0, per="layer")
+    np.testing.assert_allclose(criterion(model, [group], (x, y))[0], expected, rtol=1e-5)
+    assert criterion.get_config()["per"] == "layer"
+    with pytest.raises(ValueError, match="Argument `per` must be 'channel' or 'layer', received: 'weight'"):
+        ts.scoring.HessianTrace(per="weight")
+
+
 def _two_groups():
     """conv1 (4 channels) -> conv2 (4 channels) -> logits: two groups."""
     inputs = keras.Input((5, 5, 2))

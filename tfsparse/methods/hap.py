@@ -19,7 +19,7 @@ IMPLANT_SUFFIX = "_implant"
 
 
 def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", batches=1, loss=None, seed=None,
-        max_layer_ratio=0.95, round_to=None, exclude=(), verbose=1, print_fn=print):
+        max_layer_ratio=0.95, round_to=None, exclude=(), per="channel", verbose=1, print_fn=print):
     """Hessian-aware pruning: removes the least sensitive channels, and implants a 1x1 convolution for some.
 
     Every channel of every prunable group (see
@@ -77,6 +77,8 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
             prunable groups; an implanted channel is not removed).
         batches, loss, seed, verbose: as for `tfsparse.scoring.hessian_trace`.
         max_layer_ratio, round_to, exclude: as for `tfsparse.prune_channels`.
+        per: `"channel"` (HAP's per-channel traces) or `"layer"` (one trace
+            per kernel, far less noisy; see `tfsparse.scoring.HessianTrace`).
         print_fn: called with a one-line report; `None` prints nothing.
 
     Returns:
@@ -103,7 +105,7 @@ def hap(model, ratio, data, implant_fraction=0.1, samples=32, target="params", b
     implant_fraction = checks.check_fraction(implant_fraction, "implant_fraction", include_one=True)
     if target not in TARGETS:
         raise ValueError(f"Argument `target` must be one of {TARGETS}, received: {target!r}.")
-    criterion = HessianTrace(samples, batches, loss, seed, verbose)
+    criterion = HessianTrace(samples, batches, loss, seed, verbose, per)
     model, groups, units = rank_channels(model, criterion, data, "global", max_layer_ratio, round_to, exclude)
     plan = _Plan(model, groups, implant_fraction)
     count = shortest_prefix(units, lambda prefix: plan.measures(prefix)[target], ratio, target, max_layer_ratio)
