@@ -10,7 +10,9 @@ the first two (built with tf-keras), FreezeNet on LeNet-300-100.
 The variants of one model run in one process, in interleaved rounds (dense,
 tfsparse, dense XLA, ...) so that machine noise hits them alike; the result
 is the ratio of median step times, in wall-clock time and in process CPU
-time (the steadier of the two on a busy machine). Memory is the bytes of
+time (the steadier of the two on a busy machine), and the median (with
+quartiles) of the per-round CPU-time ratios, each of two runs seconds
+apart (paired: slow drifts of the machine cancel). Memory is the bytes of
 each model's variables (kernels, masks, step counters, optimizer slots
 excluded).
 
@@ -144,13 +146,19 @@ def measure(arch, rounds, steps, xla):
         if variant in runs:
             result[f"overhead_{label}"] = step_ms[variant] / step_ms[base]
             result[f"cpu_overhead_{label}"] = cpu_ms[variant] / cpu_ms[base]
+            # Paired: each round's ratio of two runs a few seconds apart, then the median and quartiles.
+            paired = np.percentile([v / b for v, b in zip(cpu[variant], cpu[base])], [25, 50, 75])
+            result[f"cpu_overhead_paired_{label}"] = float(paired[1])
+            result[f"cpu_overhead_paired_quartiles_{label}"] = [float(paired[0]), float(paired[2])]
             result[f"memory_{label}"] = sizes[variant] / sizes[base]
     return result
 
 
 def report(arch, r):
     ratios = ", ".join(
-        f"{label}/dense = {r[f'overhead_{label}']:.3f} (CPU {r[f'cpu_overhead_{label}']:.3f}, bytes {r[f'memory_{label}']:.3f})"
+        f"{label}/dense = {r[f'overhead_{label}']:.3f} (CPU {r[f'cpu_overhead_{label}']:.3f}, paired "
+        f"{r[f'cpu_overhead_paired_{label}']:.3f} [{r[f'cpu_overhead_paired_quartiles_{label}'][0]:.3f}, "
+        f"{r[f'cpu_overhead_paired_quartiles_{label}'][1]:.3f}], bytes {r[f'memory_{label}']:.3f})"
         for label in RATIOS
         if f"overhead_{label}" in r
     )
