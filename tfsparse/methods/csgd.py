@@ -532,6 +532,7 @@ def _check_pull(pull):
 def _strength_for_window(pull, steps, learning_rate):
     """The strength (a float, or a schedule that is 0 before the window) that meets the clusters within `pull`."""
     start, meet = (round(steps * f) for f in pull)
+    start = min(start, steps - 1)  # at least one step of pull, at a learning rate above 0
     meet = max(meet, start + 1)
     # The cosine learning rate over the window: its mean sets the pull, its peak (the window's first step) caps
     # it, where the kernels' pull would overshoot in one step.
