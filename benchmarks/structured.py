@@ -27,8 +27,8 @@ in parameters, with and without implants, against `l1/params` and
 `l1/global+distillation` (fine-tuned with knowledge distillation from the
 dense model), `csgd/layer` (C-SGD from the dense model for the
 fine-tuning epochs, then the exact trim; `csgd/scratch`: from a fresh
-model for all the epochs; `csgd/scratch-late`: the pull from half the
-steps on; `csgd/widen-late`: the same from a 1.25x wider model),
+model for all the epochs; `csgd/widen-late`: from a fresh 1.25x wider
+model, the pull from half the steps on),
 `polarization` (gates trained
 from a fresh model for the same total epochs, then stripped; `/dynamic`
 with input-dependent gates, their consensus measured on the test set;
@@ -227,8 +227,7 @@ METHODS = {
     "hap+implants/params/layer-trace": hap_method(0.1, per="layer"),
     "csgd/layer": csgd_method(),
     "csgd/scratch": csgd_method(from_scratch=True),
-    # Full width (or 1.25x wider) unpulled for half the steps, the clusters met by 7/8 of them.
-    "csgd/scratch-late": csgd_method(from_scratch=True, pull=(0.5, 0.875)),
+    # 1.25x wider, unpulled for half the steps, the clusters met by 7/8 of them.
     "csgd/widen-late": csgd_method(from_scratch=True, pull=(0.5, 0.875), width=1.25),
     "polarization": polarization_method(),
     "polarization/dynamic": polarization_method(dynamic=True),
@@ -239,8 +238,8 @@ METHODS = {
 }
 
 # Methods that never use the trained dense model.
-FROM_SCRATCH = {"csgd/scratch", "csgd/scratch-late", "csgd/widen-late", "polarization", "polarization/dynamic", "polarization/blocks", "slimming",
-                "slimming/flops"}
+FROM_SCRATCH = {"csgd/scratch", "csgd/widen-late", "polarization", "polarization/dynamic", "polarization/blocks",
+                "slimming", "slimming/flops"}
 
 
 def training_subset(count, seed):

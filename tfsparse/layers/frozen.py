@@ -129,8 +129,9 @@ class Frozen(ParametrizedWrapper):
     layer is built, e.g. by `keras.saving.load_model`. Entries of the
     trainable variable where the mask is 0 are never read: the gradient
     passes to the whole variable straight through (one select per step,
-    see `select`), and what it does to them has no effect. A layer built fresh starts with its trainable variable equal to
-    the frozen values, so training starts at the seeded init.
+    see `select`), and what it does to them has no effect. A layer built
+    fresh starts with its trainable variable equal to the frozen values,
+    so training starts at the seeded init.
 
     Used by `tfsparse.freezenet`, which picks the masks. Frozen layers are
     dense at inference: they save storage and trained parameters, not

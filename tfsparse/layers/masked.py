@@ -39,7 +39,8 @@ class Masked(ParametrizedWrapper):
     the *effective* kernel are exactly zero whatever the optimizer does
     (momentum, Adam, decoupled weight decay); the stored entries behind
     them still train, unread, and never come back: masks are recomputed
-    from `|kernel * mask|`, so pruned weights stay pruned. (Gradient norms,
+    from `|kernel|` where the mask is set (0 elsewhere), so pruned weights
+    stay pruned. (Gradient norms,
     e.g. for `clipnorm`, include their gradients, as in TFMOT.)
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
     inside the training step at the schedule's frequency: a step counter
