@@ -5,18 +5,22 @@ tfsparse to dense Keras 3, tfsparse under XLA (`jit_compile=True`, what GPU
 users get by default) to dense Keras 3 under XLA, TFMOT to dense tf-keras,
 FreezeNet to dense Keras 3. Models: LeNet-300-100, the small CNN, ResNet-20
 and a Transformer-style block (Embedding + EinsumDense/Dense); TFMOT runs on
-the first two (built with tf-keras), FreezeNet on LeNet-300-100.
+the first two (built with tf-keras), FreezeNet on LeNet-300-100. Pruned
+models recompute their masks every 100 steps (TFMOT's default frequency)
+throughout, so the mask updates are part of the per-step cost.
 
-The variants of one model run in one process, in interleaved rounds (dense,
-tfsparse, dense XLA, ...) so that machine noise hits them alike; the result
-is the ratio of median step times, in wall-clock time and in process CPU
-time (the steadier of the two on a busy machine), and the median (with
-quartiles) of the per-round CPU-time ratios, each of two runs seconds
-apart (paired: slow drifts of the machine cancel). Memory is the bytes of
-each model's variables (kernels, masks, step counters, optimizer slots
-excluded).
+What is timed is each model's compiled training step, called on a dataset
+iterator as `fit` calls it (`fit`'s own per-call set-up, the same for every
+variant, would dilute the ratios). The variants of one model run in one
+process, in interleaved rounds whose order reverses every round, so that
+machine noise hits them alike; each round runs a few steps (about a quarter
+second of the dense model's). The result is the ratio of median step times,
+in process CPU time (the steadier clock on a busy machine) with a 95%
+bootstrap interval over the rounds, and in wall-clock time. Memory is the
+bytes of each model's variables (kernels, masks, step counters; optimizer
+slots excluded).
 
-    python benchmarks/overhead.py [--rounds 7] [--steps 50] [--models lenet_300_100 ...] [--xla ...] [--output NAME]
+    python benchmarks/overhead.py [--rounds 60] [--models lenet_300_100 ...] [--xla ...] [--threads N] [--output NAME]
 
 Writes benchmarks/results/overhead.json (or NAME.json).
 """
@@ -28,13 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import tfsparse as ts  # noqa: E402
 from common import ARCHITECTURES, cpu_timed, machine, median, tf_keras, write_json  # noqa: E402
 
 BATCH = 128
+BATCHES = 16
 SPARSITY = 0.9
-END_STEP = 1000
+FREQUENCY = 100
+ROUND_SECONDS = 0.25
 SEQUENCE, VOCABULARY, WIDTH = 32, 1000, 64
 
 
@@ -58,22 +65,21 @@ WITH_TFMOT = ("lenet_300_100", "small_cnn")
 WITH_FREEZENET = ("lenet_300_100",)
 
 
-def data(arch, steps):
+def data(arch):
     rng = np.random.default_rng(0)
     if arch == "transformer_block":
-        x = rng.integers(0, VOCABULARY, (steps * BATCH, SEQUENCE)).astype("int32")
+        x = rng.integers(0, VOCABULARY, (BATCHES * BATCH, SEQUENCE)).astype("int32")
     else:
-        x = rng.random((steps * BATCH, 28, 28, 1), dtype="float32")
-    return x, rng.integers(0, 10, steps * BATCH)
+        x = rng.random((BATCHES * BATCH, 28, 28, 1), dtype="float32")
+    return x, rng.integers(0, 10, BATCHES * BATCH)
 
 
 def keras3_models(arch, x, y, xla):
     """{variant: compiled Keras 3 model}: dense and tfsparse, each also under XLA if `xla`, and FreezeNet."""
     build = MODELS[arch]
-    # Masks are recomputed every 100 steps (TFMOT's default frequency) up to step 1000, in both libraries.
-    schedule = ts.schedules.PolynomialDecay(0.0, SPARSITY, 0, END_STEP)
     models = {}
     for suffix, jit in (("", False), ("_xla", True))[: 1 + xla]:
+        schedule = ts.schedules.ConstantSparsity(SPARSITY, begin_step=0, frequency=FREQUENCY)
         models[f"dense_keras3{suffix}"] = _compiled(build(keras), jit)
         models[f"tfsparse{suffix}"] = _compiled(ts.prune_low_magnitude(build(keras), schedule), jit)
     if arch in WITH_FREEZENET:
@@ -88,10 +94,10 @@ def _compiled(model, jit_compile):
 
 
 def tfmot_models(arch):
-    """{variant: compiled tf-keras model}: dense and TFMOT-pruned."""
+    """({variant: compiled tf-keras model}, callbacks): dense and TFMOT-pruned."""
     tfk, tfmot = tf_keras()
     build = MODELS[arch]
-    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, SPARSITY, 0, END_STEP)
+    schedule = tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=0, frequency=FREQUENCY)
     models = {"dense_tf_keras": build(tfk), "tfmot_tf_keras": tfmot.sparsity.keras.prune_low_magnitude(build(tfk), pruning_schedule=schedule)}
     for model in models.values():
         model.compile(tfk.optimizers.SGD(0.01, momentum=0.9), tfk.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -103,21 +109,30 @@ def variable_bytes(model):
     return int(sum(np.prod(v.shape) * np.dtype(v.dtype.name if hasattr(v.dtype, "name") else v.dtype).itemsize for v in model.weights))
 
 
-def build_runs(arch, steps, xla):
-    """Returns ({variant: run()}, {variant: variable bytes}); run() trains `steps` batches once."""
-    x, y = data(arch, steps)
+def training_step(model, x, y, callbacks=None):
+    """Returns `step()`, which runs one compiled training step of `model` as `fit` does.
+
+    One `fit` of one batch first builds the model's optimizer and training
+    function and runs the callbacks' set-up (TFMOT's `UpdatePruningStep`
+    starts its step counters there); the step then runs on an iterator.
+    """
+    model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0, callbacks=callbacks)
+    function = model.make_train_function()
+    batches = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True).repeat())
+    return lambda: function(batches)
+
+
+def build_steps(arch, xla):
+    """Returns ({variant: step()}, {variant: variable bytes})."""
+    x, y = data(arch)
     models = keras3_models(arch, x, y, xla)
     callbacks = {}
     if arch in WITH_TFMOT:
         theirs, tfmot_callbacks = tfmot_models(arch)
         models.update(theirs)
         callbacks["tfmot_tf_keras"] = tfmot_callbacks
-
-    def fit(name):
-        model = models[name]
-        return lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=callbacks.get(name))
-
-    return {name: fit(name) for name in models}, {name: variable_bytes(model) for name, model in models.items()}
+    steps = {name: training_step(model, x, y, callbacks.get(name)) for name, model in models.items()}
+    return steps, {name: variable_bytes(model) for name, model in models.items()}
 
 
 RATIOS = {
@@ -128,59 +143,77 @@ RATIOS = {
 }
 
 
-def measure(arch, rounds, steps, xla):
-    runs, sizes = build_runs(arch, steps, xla)
-    for run in runs.values():  # trace and warm up
-        run()
-    wall = {name: [] for name in runs}
-    cpu = {name: [] for name in runs}
+def bootstrap_ratio(variant, base, samples=2000, seed=0):
+    """95% interval of median(variant) / median(base), resampling the rounds (the pairs) with replacement."""
+    variant, base = np.asarray(variant), np.asarray(base)
+    rounds = np.random.default_rng(seed).integers(0, len(base), (samples, len(base)))
+    ratios = np.median(variant[rounds], axis=1) / np.median(base[rounds], axis=1)
+    return [float(r) for r in np.percentile(ratios, [2.5, 97.5])]
+
+
+def measure(arch, rounds, steps_per_round, xla):
+    steps, sizes = build_steps(arch, xla)
+    for step in steps.values():  # trace, compile and warm up
+        for _ in range(3):
+            step()
+    if steps_per_round is None:
+        _, cpu = cpu_timed(steps[next(iter(steps))])
+        steps_per_round = max(1, round(ROUND_SECONDS / cpu))
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    order = list(steps)
     for _ in range(rounds):
-        for name, run in runs.items():
-            w, c = cpu_timed(run)
-            wall[name].append(w / steps * 1000.0)
-            cpu[name].append(c / steps * 1000.0)
+        for name in order:
+            w, c = cpu_timed(lambda step=steps[name]: [step() for _ in range(steps_per_round)])
+            wall[name].append(w / steps_per_round * 1000.0)
+            cpu[name].append(c / steps_per_round * 1000.0)
+        order.reverse()
     step_ms = {name: median(t) for name, t in wall.items()}
     cpu_ms = {name: median(t) for name, t in cpu.items()}
-    result = {"step_ms_median": step_ms, "cpu_ms_per_step_median": cpu_ms, "step_ms_all": wall, "variable_bytes": sizes}
+    result = {"steps_per_round": steps_per_round, "step_ms_median": step_ms, "cpu_ms_per_step_median": cpu_ms,
+              "cpu_ms_per_step_all": cpu, "variable_bytes": sizes}
     for label, (variant, base) in RATIOS.items():
-        if variant in runs:
+        if variant in steps:
             result[f"overhead_{label}"] = step_ms[variant] / step_ms[base]
             result[f"cpu_overhead_{label}"] = cpu_ms[variant] / cpu_ms[base]
-            # Paired: each round's ratio of two runs a few seconds apart, then the median and quartiles.
-            paired = np.percentile([v / b for v, b in zip(cpu[variant], cpu[base])], [25, 50, 75])
-            result[f"cpu_overhead_paired_{label}"] = float(paired[1])
-            result[f"cpu_overhead_paired_quartiles_{label}"] = [float(paired[0]), float(paired[2])]
+            result[f"cpu_overhead_ci95_{label}"] = bootstrap_ratio(cpu[variant], cpu[base])
             result[f"memory_{label}"] = sizes[variant] / sizes[base]
     return result
 
 
 def report(arch, r):
     ratios = ", ".join(
-        f"{label}/dense = {r[f'overhead_{label}']:.3f} (CPU {r[f'cpu_overhead_{label}']:.3f}, paired "
-        f"{r[f'cpu_overhead_paired_{label}']:.3f} [{r[f'cpu_overhead_paired_quartiles_{label}'][0]:.3f}, "
-        f"{r[f'cpu_overhead_paired_quartiles_{label}'][1]:.3f}], bytes {r[f'memory_{label}']:.3f})"
+        f"{label}/dense = CPU {r[f'cpu_overhead_{label}']:.3f} [{r[f'cpu_overhead_ci95_{label}'][0]:.3f}, "
+        f"{r[f'cpu_overhead_ci95_{label}'][1]:.3f}] (wall {r[f'overhead_{label}']:.3f}, bytes {r[f'memory_{label}']:.3f})"
         for label in RATIOS
         if f"overhead_{label}" in r
     )
-    steps = ", ".join(f"{k} {v:.2f}" for k, v in r["step_ms_median"].items())
-    return f"{arch}: {ratios} (ms/step: {steps})"
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_step_median"].items())
+    return f"{arch}: {ratios} (CPU ms/step: {steps}; {r['steps_per_round']} steps per round)"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per round (default: about {ROUND_SECONDS} s of the dense model's)")
     parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--xla", nargs="*", default=sorted(MODELS), choices=sorted(MODELS),
                         help="the models also measured under XLA (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow's intra- and inter-op threads (default: TensorFlow's choice)")
     parser.add_argument("--output", default="overhead", help="name of the JSON file in benchmarks/results")
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     results = {}
     for arch in args.models:
         results[arch] = measure(arch, args.rounds, args.steps, arch in args.xla)
         print(report(arch, results[arch]), flush=True)
-    payload = {"load_average_at_end": os.getloadavg(), "batch_size": BATCH, "sparsity": SPARSITY, "rounds": args.rounds,
-               "steps_per_round": args.steps, "end_step": END_STEP, "machine": machine(), "results": results}
+    payload = {"load_average_at_end": os.getloadavg(), "batch_size": BATCH, "sparsity": SPARSITY,
+               "mask_update_frequency": FREQUENCY, "rounds": args.rounds, "threads": args.threads,
+               "machine": machine(), "results": results}
     print("wrote", write_json(args.output, payload))
 
 

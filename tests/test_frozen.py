@@ -192,6 +192,26 @@ def _dense_with_unseeded_initializer():
     return dense
 
 
+def test_trains_under_mixed_precision_with_frozen_entries_fixed(mixed_precision):
+    layer = Frozen(keras.layers.Dense(5, name="d"), seed=6)
+    layer.build((None, 4))
+    mask = np.random.default_rng(0).random((4, 5)) < 0.5
+    layer.set_masks([mask])
+    frozen = keras.ops.convert_to_numpy(layer.frozen_weights()["kernel"])
+    x = np.random.default_rng(1).random((3, 4)).astype("float32")
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
+    assert out.dtype == "float16" and layer.layer.kernel.dtype == "float32"
+    kernel = layer.layer.kernel
+    keras.optimizers.SGD(0.5).apply([tape.gradient(loss, kernel)], [kernel])
+    effective = keras.ops.convert_to_numpy(layer.effective_weights()["kernel"])
+    np.testing.assert_array_equal(effective[~mask], frozen[~mask])
+    assert np.all(effective[mask] != frozen[mask])
+    expected = x.astype("float16") @ effective.astype("float16") + layer.layer.bias.numpy().astype("float16")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-2, atol=1e-2)
+
+
 def test_gradient_passes_straight_through_and_only_trained_entries_change_the_layer():
     layer = Frozen(keras.layers.Dense(5, name="d"), seed=6)
     layer.build((None, 4))

@@ -129,6 +129,28 @@ def test_tfmot_schedule_objects_are_accepted_as_they_are():
     assert all(isinstance(l.pruning_schedule, ts.schedules.PolynomialDecay) for l in _masked_layers(model))
 
 
+def test_trains_under_mixed_precision_with_the_mask_applied(mixed_precision):
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    pruned = ts.prune_low_magnitude(model, ts.schedules.ConstantSparsity(0.5, begin_step=1, frequency=1))
+    pruned.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6)).astype("float32"), rng.integers(0, 3, 32)
+    pruned.fit(x, y, batch_size=8, verbose=0)
+    assert pruned(x).dtype == "float16"
+    for layer in _masked_layers(pruned):
+        mask = layer.masks[0].numpy()
+        assert layer.layer.kernel.dtype == "float32"
+        assert _zeros(mask) == round(0.5 * mask.size)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.effective_weights()["kernel"])[~mask], 0)
+    # The layer computes with the masked kernel in float16.
+    first = _masked_layers(pruned)[0]
+    expected = np.maximum(x.astype("float16") @ np.where(first.masks[0].numpy(), first.layer.kernel.numpy(), 0).astype("float16")
+                          + first.layer.bias.numpy().astype("float16"), 0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first(x)), expected, rtol=1e-2, atol=1e-2)
+
+
 def test_gradient_passes_straight_through_and_pruned_weights_never_come_back():
     schedule = ts.schedules.PolynomialDecay(0.5, 0.8, begin_step=1, end_step=11, frequency=10)
     layer = Masked(keras.layers.Dense(8), pruning_schedule=schedule)
@@ -153,7 +175,7 @@ def test_gradient_passes_straight_through_and_pruned_weights_never_come_back():
     pruned_values = layer.layer.kernel.numpy()[~first]
     for _ in range(9):
         step()
-    assert np.all(layer.layer.kernel.numpy()[~first] != pruned_values)  # the stored entries trained, unread
+    assert np.all(layer.layer.kernel.numpy()[~first] != pruned_values)  # the stored entries trained behind the mask
     # Stored pruned entries made the largest: a plain magnitude rule would bring them back at step 11.
     layer.layer.kernel.assign(np.where(first, layer.layer.kernel.numpy(), 100.0))
     step()

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfsparse import keras_internals, schedules
-from tfsparse.layers.wrapper import ParametrizedWrapper, select
+from tfsparse.layers.wrapper import ParametrizedWrapper, apply_mask
 from tfsparse.scoring import magnitude
 from tfsparse.walk import named_layers
 
@@ -32,16 +32,17 @@ class Masked(ParametrizedWrapper):
 
     The mask is a boolean variable (one byte per entry; `.keras` files whose
     masks are floats load as well) applied in `call` as
-    `where(mask, kernel, 0)`, one select in the forward pass and none in the
-    backward pass: the gradient reaches the stored kernel straight through
-    (see `select`), as in TFMOT, where the layer reads the stored kernel.
+    `kernel * cast(mask)`, one pass over the kernel in the forward pass and
+    none in the backward pass: the gradient reaches the stored kernel
+    straight through (see `apply_mask`), as in TFMOT, where the layer reads
+    the stored kernel.
     The wrapper never overwrites the stored kernel, so masked entries of
-    the *effective* kernel are exactly zero whatever the optimizer does
-    (momentum, Adam, decoupled weight decay); the stored entries behind
-    them still train, unread, and never come back: masks are recomputed
-    from `|kernel|` where the mask is set (0 elsewhere), so pruned weights
-    stay pruned. (Gradient norms,
-    e.g. for `clipnorm`, include their gradients, as in TFMOT.)
+    the *effective* kernel are zero whatever the optimizer does to the
+    stored entries behind them (momentum, Adam, decoupled weight decay);
+    those still train, multiplied by zero, and never come back: masks are
+    recomputed from `|kernel|` where the mask is set (0 elsewhere), so
+    pruned weights stay pruned. (Gradient norms, e.g. for `clipnorm`,
+    include their gradients, as in TFMOT.)
     Given a `pruning_schedule`, the mask is recomputed from weight magnitudes
     inside the training step at the schedule's frequency: a step counter
     (`pruning_step`) advances on every call with `training=True`, so
@@ -183,7 +184,7 @@ class Masked(ParametrizedWrapper):
             )
 
     def effective_weight(self, index, weight, training):
-        return select(self.masks[index], weight, tf.constant(0, weight.dtype))
+        return apply_mask(self.masks[index], weight)
 
     def set_masks(self, masks):
         """Sets the masks: a list of 0/1 arrays, one per prunable weight.
