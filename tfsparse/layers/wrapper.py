@@ -281,9 +281,9 @@ def apply_mask(mask, weight):
     """`weight` where `mask` is true and zero elsewhere, with the gradient passed straight through.
 
     The effective weight of `Masked`: the weight times the mask as a
-    number, a cast and a multiply (on CPU, cheaper than one select from a
-    boolean). The stored entries behind the mask are multiplied by zero, so
-    they count for nothing while finite.
+    number, a cast and a multiply (on CPU, cheaper than a select; see
+    `benchmarks/mask_apply.py`). The stored entries behind the mask are
+    multiplied by zero, so they count for nothing while finite.
 
     Args:
         mask: a boolean tensor or variable.
@@ -306,8 +306,8 @@ def select(mask, kept, other):
 
     The effective weight of `Frozen`: its trained values where the mask is
     true, its frozen values elsewhere; no gradient reaches `other`. The
-    operands have one shape, so the select needs no broadcasting (on CPU,
-    TensorFlow's broadcasting select costs about twice as much).
+    operands have one shape, so the select needs no broadcasting, which
+    costs more on CPU (see `benchmarks/mask_apply.py`).
 
     Args:
         mask: a boolean tensor or variable.
