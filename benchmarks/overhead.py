@@ -16,16 +16,19 @@ process, in interleaved rounds whose order reverses every round, so that
 machine noise hits them alike; each round runs a few steps (about a quarter
 second of the dense model's). The result is the ratio of median step times,
 in process CPU time (the steadier clock on a busy machine) with a 95%
-bootstrap interval over the rounds, and in wall-clock time. Memory is the
-bytes of each model's variables (kernels, masks, step counters; optimizer
-slots excluded).
+bootstrap interval over the rounds, and in wall-clock time. Ratios differ
+between processes by more than these intervals; `--processes N` measures
+each model in N fresh processes and reports the median ratio and the
+range. Memory is the bytes of each model's variables (kernels, masks, step
+counters; optimizer slots excluded).
 
-    python benchmarks/overhead.py [--rounds 60] [--models lenet_300_100 ...] [--xla ...] [--threads N] [--output NAME]
+    python benchmarks/overhead.py [--rounds 60] [--models lenet_300_100 ...] [--xla ...] [--threads N] [--processes N] [--output NAME]
 
 Writes benchmarks/results/overhead.json (or NAME.json).
 """
 
 import argparse
+import multiprocessing
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -192,6 +195,40 @@ def report(arch, r):
     return f"{arch}: {ratios} (CPU ms/step: {steps}; {r['steps_per_round']} steps per round)"
 
 
+def measure_in_processes(arch, processes, rounds, steps_per_round, xla, threads):
+    """`measure` in `processes` fresh processes, one after another; the ratios' median and range over them.
+
+    One process's interval covers the noise between its rounds, not what
+    differs between processes (where each model's memory lands, the state of
+    the thread pools): several processes show that spread.
+    """
+    context = multiprocessing.get_context("spawn")
+    runs = []
+    for _ in range(processes):
+        with context.Pool(1) as pool:
+            runs.append(pool.apply(_measure_with_threads, (threads, arch, rounds, steps_per_round, xla)))
+        print("  " + report(arch, runs[-1]), flush=True)
+    result = {"processes": runs}
+    for label in RATIOS:
+        ratios = [run[f"cpu_overhead_{label}"] for run in runs if f"cpu_overhead_{label}" in run]
+        if ratios:
+            result[f"cpu_overhead_{label}"] = float(np.median(ratios))
+            result[f"cpu_overhead_range_{label}"] = [min(ratios), max(ratios)]
+    return result
+
+
+def _measure_with_threads(threads, *args):
+    set_threads(threads)
+    return measure(*args)
+
+
+def set_threads(threads):
+    """Sets TensorFlow's intra- and inter-op threads (None: TensorFlow's choice)."""
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
@@ -202,18 +239,24 @@ def main():
                         help="the models also measured under XLA (default: all)")
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow's intra- and inter-op threads (default: TensorFlow's choice)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure each model in this many fresh processes and report the median ratio (default: 1, this process)")
     parser.add_argument("--output", default="overhead", help="name of the JSON file in benchmarks/results")
     args = parser.parse_args()
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     results = {}
     for arch in args.models:
-        results[arch] = measure(arch, args.rounds, args.steps, arch in args.xla)
-        print(report(arch, results[arch]), flush=True)
+        if args.processes > 1:
+            results[arch] = r = measure_in_processes(arch, args.processes, args.rounds, args.steps, arch in args.xla, args.threads)
+            print(f"{arch}, median over {args.processes} processes: " + ", ".join(
+                f"{label}/dense = CPU {r[f'cpu_overhead_{label}']:.3f} (range {r[f'cpu_overhead_range_{label}'][0]:.3f}"
+                f"-{r[f'cpu_overhead_range_{label}'][1]:.3f})" for label in RATIOS if f"cpu_overhead_{label}" in r), flush=True)
+        else:
+            set_threads(args.threads)
+            results[arch] = measure(arch, args.rounds, args.steps, arch in args.xla)
+            print(report(arch, results[arch]), flush=True)
     payload = {"load_average_at_end": os.getloadavg(), "batch_size": BATCH, "sparsity": SPARSITY,
                "mask_update_frequency": FREQUENCY, "rounds": args.rounds, "threads": args.threads,
-               "machine": machine(), "results": results}
+               "processes": args.processes, "machine": machine(), "results": results}
     print("wrote", write_json(args.output, payload))
 
 
