@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import cpu_timed, machine, median, write_json  # noqa: E402
-from overhead import BATCH, bootstrap_ratio  # noqa: E402
+from overhead import BATCH, bootstrap_ratio, training_step  # noqa: E402
 from tfsparse.layers.wrapper import straight_through  # noqa: E402
 
 SPARSITY = 0.9
@@ -77,13 +77,6 @@ def lenet_300_100(formula=None):
     model = keras.Model(inputs, x)
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
-
-
-def training_step(model, x, y):
-    model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0)
-    function = model.make_train_function()
-    batches = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True).repeat())
-    return lambda: function(batches)
 
 
 def main():
