@@ -5,6 +5,6 @@ from tfsparse.layers.frozen import Frozen
 from tfsparse.layers.gate import BlockGate, Gated
 from tfsparse.layers.masked import Masked
 from tfsparse.layers.scored import Scored
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.layers.wrapper import LayerWrapper, ParametrizedWrapper
 
-__all__ = ["BlockGate", "Fixed", "Frozen", "Gated", "Masked", "ParametrizedWrapper", "Scored"]
+__all__ = ["BlockGate", "Fixed", "Frozen", "Gated", "LayerWrapper", "Masked", "ParametrizedWrapper", "Scored"]

@@ -2,9 +2,11 @@
 
 import keras
 
+from tfsparse.layers.wrapper import LayerWrapper
+
 
 @keras.saving.register_keras_serializable(package="tfsparse")
-class Fixed(keras.layers.Wrapper):
+class Fixed(LayerWrapper):
     """Keeps every variable of a layer as it is, while the layer still trains.
 
     The wrapped layer's variables are made non-trainable when the wrapper is
@@ -27,10 +29,6 @@ class Fixed(keras.layers.Wrapper):
     >>> [v.trainable for v in bn.weights]
     [False, False, False, False]
     """
-
-    def __init__(self, layer, **kwargs):
-        kwargs.setdefault("name", f"fixed_{layer.name}")
-        super().__init__(layer, **kwargs)
 
     def build(self, input_shape=None):
         super().build(input_shape)

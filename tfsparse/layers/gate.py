@@ -58,7 +58,7 @@ import keras
 import tensorflow as tf
 
 from tfsparse import keras_internals
-from tfsparse.layers.wrapper import ParametrizedWrapper
+from tfsparse.layers.wrapper import LayerWrapper, ParametrizedWrapper
 from tfsparse.walk import named_layers
 
 UNGATED = -1
@@ -417,7 +417,7 @@ class Gated(GateSetMember, ParametrizedWrapper):
 
 
 @keras.saving.register_keras_serializable(package="tfsparse")
-class BlockGate(GateSetMember, keras.layers.Wrapper):
+class BlockGate(GateSetMember, LayerWrapper):
     """The `Add` of a residual block, with the block's branches multiplied by a binary gate.
 
     Built by `tfsparse.polarize(..., blocks=f)`: the gate is entry `block` of

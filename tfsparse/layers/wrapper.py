@@ -11,8 +11,62 @@ from tfsparse.registry import check_prunable, prunable_weight_names
 from tfsparse.walk import weight_named
 
 
-class ParametrizedWrapper(keras.layers.Wrapper):
-    """Base class of every tfsparse wrapper.
+class LayerWrapper(keras.layers.Wrapper):
+    """A `keras.layers.Wrapper` that computes in the wrapped layer's dtype policy.
+
+    Keras casts a layer's inputs and autocasts its variables by the policy
+    of the layer being called, which for a wrapper is the wrapper's own.
+    This base gives the wrapper the wrapped layer's policy, so wrapping
+    changes no dtype: a layer kept in float32 in a `mixed_float16` model
+    (say, the output layer) still computes in float32 once wrapped. Base
+    of every tfsparse wrapper; named `<wrapper class>_<layer name>`
+    unless given a `name` (e.g. `masked_dense`).
+
+    Args:
+        layer: the Keras layer to wrap.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, ...); a
+            `dtype`, if given, must be the layer's policy.
+
+    Raises:
+        TypeError: if `layer` is not a Keras layer.
+        ValueError: for a `dtype` other than the layer's policy.
+
+    Example:
+
+    >>> wrapper = LayerWrapper(keras.layers.Dense(3, dtype="mixed_float16"))
+    >>> wrapper.dtype_policy.name
+    'mixed_float16'
+    """
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"Argument `layer` must be a keras.layers.Layer instance, "
+                f"received: {layer!r} (of type {type(layer).__name__})."
+            )
+        kwargs.setdefault("name", f"{type(self).__name__.lower()}_{layer.name}")
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None and keras.dtype_policies.get(dtype).name != layer.dtype_policy.name:
+            raise ValueError(
+                f"Argument `dtype` must be the wrapped layer's dtype policy, "
+                f"{layer.dtype_policy.name!r} (a wrapper computes as its layer does), received: {dtype!r}. "
+                f"Set the policy on the layer instead."
+            )
+        super().__init__(layer, dtype=layer.dtype_policy, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """Like `keras.layers.Wrapper.from_config`; the policy comes with the wrapped layer's config.
+
+        A `dtype` in the wrapper's own config is ignored, and the given
+        `config` is left as it was (Keras' pops the wrapped layer's entry).
+        """
+        config = {key: value for key, value in config.items() if key != "dtype"}
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+class ParametrizedWrapper(LayerWrapper):
+    """Base class of the tfsparse wrappers that parametrize weights.
 
     The wrapper builds the wrapped layer, lets a subclass add state for each
     prunable weight (a mask, scores, a gate, ...) and calls the wrapped layer
@@ -74,15 +128,11 @@ class ParametrizedWrapper(keras.layers.Wrapper):
         layer: the Keras layer to wrap, of a type with prunable weights in
             the layer registry (see `tfsparse.register_layer`), a subclass
             of one, or a layer with a `get_prunable_weights()` method.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
+        **kwargs: base layer arguments (`name`, ...; see `LayerWrapper`).
     """
 
     def __init__(self, layer, **kwargs):
-        if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                f"Argument `layer` must be a keras.layers.Layer instance, "
-                f"received: {layer!r} (of type {type(layer).__name__})."
-            )
+        super().__init__(layer, **kwargs)
         if isinstance(layer, ParametrizedWrapper):
             raise ValueError(
                 f"Argument `layer` is already wrapped by tfsparse "
@@ -90,8 +140,6 @@ class ParametrizedWrapper(keras.layers.Wrapper):
                 f"wrap the inner layer instead."
             )
         check_prunable(layer)
-        kwargs.setdefault("name", f"{self.__class__.__name__.lower()}_{layer.name}")
-        super().__init__(layer, **kwargs)
         self.supports_masking = layer.supports_masking
 
     @property
@@ -223,14 +271,6 @@ class ParametrizedWrapper(keras.layers.Wrapper):
             loss = self.layer.activity_regularizer(outputs)
             examples = keras.ops.cast(keras.ops.shape(outputs)[0], loss.dtype)
             self.add_loss(keras.ops.divide_no_nan(loss, examples))
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        """Like `keras.layers.Wrapper.from_config`, but leaves the given `config` as it was.
-
-        (Keras' pops the wrapped layer's entry from it.)
-        """
-        return super().from_config(dict(config), custom_objects=custom_objects)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
