@@ -19,9 +19,9 @@ model's run interleaved in one process, rounds in reversed order every
 round. The result is each formula's step over the plain step, in median
 process CPU time, with a 95% bootstrap interval over the rounds.
 
-    python benchmarks/mask_apply.py [--rounds 200] [--steps 20]
+    python benchmarks/mask_apply.py [--rounds 200] [--steps 20] [--output NAME]
 
-Writes benchmarks/results/mask_apply.json.
+Writes benchmarks/results/mask_apply.json (or NAME.json).
 """
 
 import argparse
@@ -88,6 +88,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round")
+    parser.add_argument("--output", default="mask_apply", help="name of the JSON file in benchmarks/results")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x, y = rng.random((16 * BATCH, 784), dtype="float32"), rng.integers(0, 10, 16 * BATCH)
@@ -107,7 +108,7 @@ def main():
         print(f"{name}: {r['cpu_over_plain']:.3f} [{r['cpu_over_plain_ci95'][0]:.3f}, {r['cpu_over_plain_ci95'][1]:.3f}] of the plain step")
     payload = {"batch_size": BATCH, "sparsity": SPARSITY, "rounds": args.rounds, "steps_per_round": args.steps,
                "plain_cpu_ms_median": median(cpu["plain"]), "machine": machine(), "results": results}
-    print("wrote", write_json("mask_apply", payload))
+    print("wrote", write_json(args.output, payload))
 
 
 if __name__ == "__main__":
