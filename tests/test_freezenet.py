@@ -115,6 +115,43 @@ def test_training_moves_trained_weights_and_biases_only_and_matches_snip_mask():
         assert np.all(snip_kernel[~mask] == 0)
 
 
+def _sequence_model():
+    """Embedding, LSTM and MultiHeadAttention: layers whose weights are sparse-gradient or live in sublayers."""
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, name="embed")(tokens)
+    x = keras.layers.LSTM(8, return_sequences=True, name="lstm")(x)
+    x = keras.layers.MultiHeadAttention(2, 4, name="attention")(x, x)
+    return keras.Model(tokens, keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling1D()(x)))
+
+
+def test_sequence_layers_freeze_at_their_seeded_init_and_survive_compact_save(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, (32, 6)).astype("int32"), rng.integers(0, 3, 32)
+    frozen = ts.freezenet(_sequence_model(), 0.9, (x, y), seed=4)
+    names = {layer.layer.name: list(layer.weight_names) for layer in _frozen(frozen)}
+    assert names["lstm"] == ["lstm_cell/kernel", "lstm_cell/recurrent_kernel"]
+    assert names["attention"] == ["query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"]
+    assert names["embed"] == ["embeddings"]
+    # The untrained entries hold the values `reinitialize` draws, and keep them through training.
+    reference = ts.reinitialize(_sequence_model(), seed=4)
+    before = {layer.name: {k: keras.ops.convert_to_numpy(v) for k, v in layer.effective_weights().items()}
+              for layer in _frozen(frozen)}
+    frozen.compile(keras.optimizers.SGD(0.1), LOSS)
+    frozen.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for layer in _frozen(frozen):
+        drawn = dict(ts.registry.named_weights(reference.get_layer(layer.layer.name)))
+        for mask, (name, value) in zip(layer.masks, layer.effective_weights().items()):
+            mask, value = mask.numpy(), keras.ops.convert_to_numpy(value)
+            np.testing.assert_array_equal(value[~mask], drawn[name].numpy()[~mask])
+            assert np.all(value[~mask] == before[layer.name][name][~mask]), (layer.name, name)
+        assert any(np.any(keras.ops.convert_to_numpy(v)[m.numpy()] != before[layer.name][k][m.numpy()])
+                   for m, (k, v) in zip(layer.masks, layer.effective_weights().items())), layer.name
+    ts.export.save_compact(frozen, tmp_path / "model.tfsparse")
+    frozen.save(tmp_path / "model.keras")
+    for restored in ts.export.load_compact(tmp_path / "model.tfsparse"), keras.saving.load_model(tmp_path / "model.keras"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(frozen(x)))
+
+
 def test_saved_model_and_tflite_exports_work_on_freezenet_models(tmp_path):
     x, _ = _data(8)
     frozen = ts.freezenet(_model(), 0.9, _data(), seed=2)

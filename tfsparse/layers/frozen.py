@@ -194,7 +194,7 @@ class Frozen(ParametrizedWrapper):
             for w in weights
         ]
         # A tuple of constants: attribute tracking leaves it alone.
-        self._frozen = tuple(initial_value(self.layer, w.name, self.seed, self.layer_path) for w in weights)
+        self._frozen = tuple(initial_value(self.layer, name, self.seed, self.layer_path) for name in self.weight_names)
         found = {name: fingerprint(v) for name, v in zip(self.weight_names, self._frozen)}
         if self.fingerprints is not None and found != self.fingerprints:
             raise ValueError(

@@ -8,7 +8,7 @@ import keras
 from tfsparse import checks, scoring
 from tfsparse.layers.frozen import Frozen, initial_value
 from tfsparse.layers.masked import Masked
-from tfsparse.registry import initializer_of, is_prunable
+from tfsparse.registry import initializer_of, is_prunable, named_weights
 from tfsparse.surgery.clone import copy_layer, transform_layers
 from tfsparse.walk import check_unwrapped, named_layers
 
@@ -54,9 +54,13 @@ def reinitialize(model, seed):
     for path, layer in named_layers(copy):
         if isinstance(layer, keras.Model):
             continue
-        for weight in layer.weights:
-            if initializer_of(layer, weight.name) is not None:
-                weight.assign(initial_value(layer, weight.name, seed, path))
+        # A prunable layer's sublayers are drawn as part of it (an LSTM's
+        # `lstm_cell/kernel`), as `Frozen` draws them; other sublayers are
+        # walked, and drawn, on their own.
+        entered = not is_prunable(layer)
+        for name, weight in named_weights(layer):
+            if not (entered and "/" in name) and initializer_of(layer, name) is not None:
+                weight.assign(initial_value(layer, name, seed, path))
     return copy
 
 
@@ -192,7 +196,7 @@ def _wrap(model, masks, make_wrapper):
             return copy_layer(layer)
         path = paths[id(layer)]
         wrapper = make_wrapper(copy_layer(layer), path)
-        wrapper.build(layer.get_build_config()["input_shape"])
+        wrapper.build(layer.get_build_config().get("input_shape"))  # None for a MultiHeadAttention, built already
         wrapper.set_masks([masks[f"{path}/{name}"] for name in wrapper.weight_names])
         return wrapper
 

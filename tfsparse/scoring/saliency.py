@@ -109,11 +109,12 @@ def _gradient_step(model, variables, loss_fn):
 
 
 def _gradients(loss_of, values):
-    """The gradient of `loss_of(values)` with respect to `values`."""
+    """The gradient of `loss_of(values)` with respect to `values`, dense (an Embedding's too)."""
     with tf.GradientTape() as tape:
         tape.watch(values)
         value = loss_of(values)
-    return tape.gradient(value, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = tape.gradient(value, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [tf.convert_to_tensor(g) for g in grads]
 
 
 def replica_step(model, variables, loss_fn, compute, training):
