@@ -244,3 +244,32 @@ def test_an_empty_batch_and_a_non_finite_hessian_vector_product_are_refused():
     x[2, 1] = np.inf
     with pytest.raises(ValueError, match="Hessian-vector product over batch 1 of `data` is not finite"):
         ts.scoring.hessian_trace(model, (x, y), samples=2, verbose=0)
+
+
+def test_sequence_layers_estimate_their_traces_keyed_by_registry_names():
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((5,), dtype="int32")
+    x = layers.Embedding(6, 3, name="embed")(tokens)
+    x = layers.SimpleRNN(4, name="rnn")(x)
+    model = keras.Model(tokens, layers.Dense(3, name="logits")(x))
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 6, (64, 5)).astype("int32"), rng.integers(0, 3, 64)
+    keys = ["embed/embeddings", "rnn/simple_rnn_cell/kernel", "rnn/simple_rnn_cell/recurrent_kernel", "logits/kernel"]
+    weights = ts.walk.prunable_weights(model)
+    assert list(weights) == keys
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape() as inner:
+            value = loss(y, model(x, training=False))
+        # The Embedding's gradient comes as IndexedSlices.
+        grads = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1]) for g in inner.gradient(value, list(weights.values()))], 0)
+    rows = outer.jacobian(grads, list(weights.values()), experimental_use_pfor=False)
+    hessian = np.concatenate([np.reshape(r, (grads.shape[0], -1)) for r in rows], axis=1).astype(np.float64)
+    samples = 300
+    traces = ts.scoring.hessian_trace(model, (x, y), samples=samples, per="layer", seed=5, verbose=0)
+    assert list(traces) == keys
+    for key, block in zip(keys, _blocks([int(np.prod(w.shape)) for w in weights.values()])):
+        exact, stderr = np.trace(hessian[np.ix_(block, block)]), _hutchinson_stderr(hessian, block, samples)
+        assert abs(traces[key].value - exact) <= 4 * stderr + 1e-6, (key, traces[key].value, exact, stderr)
+    channels = ts.scoring.hessian_trace(model, (x, y), samples=2, per="channel", seed=5, verbose=0)
+    assert [np.shape(channels[key].value) for key in keys] == [(3,), (4,), (4,), (3,)]

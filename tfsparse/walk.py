@@ -98,19 +98,27 @@ def prunable_weights(model):
     Raises:
         ValueError: if the model has no prunable weight.
     """
-    weights = {}
-    for path, layer in named_layers(model):
-        inner = layer.layer if is_wrapper(layer) else layer
-        if not is_prunable(inner):
-            continue
-        for name in prunable_weight_names(inner):
-            weights[f"{path}/{name}"] = weight_named(inner, name)
+    weights = {f"{path}/{name}": weight_named(layer, name) for path, layer, name in prunable_entries(model)}
     if not weights:
         raise ValueError(
             f"Argument `model` ({model.name!r}) has no prunable weight. "
             f"Supported layer types: {', '.join(prunable_layer_types())}."
         )
     return weights
+
+
+def prunable_entries(model):
+    """Yields `(layer path, layer, weight name)` for every prunable weight, in `prunable_weights` order.
+
+    The layer is the wrapped one under a wrapper. A weight name may hold
+    a `/` (an LSTM's `lstm_cell/kernel`), so a `prunable_weights` key
+    cannot be split back into path and name; this gives both.
+    """
+    for path, layer in named_layers(model):
+        inner = layer.layer if is_wrapper(layer) else layer
+        if is_prunable(inner):
+            for name in prunable_weight_names(inner):
+                yield path, inner, name
 
 
 def check_unwrapped(model, argument="model"):

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tfsparse import checks
 from tfsparse.registry import OUT, Unsupported, spec_of
 from tfsparse.scoring.saliency import _get_loss, _gradients, check_finite, checked_batches, replica_step
-from tfsparse.walk import is_wrapper, named_layers, prunable_weights
+from tfsparse.walk import prunable_entries, prunable_weights
 
 PER = ("channel", "layer", "weight")
 
@@ -167,11 +167,9 @@ def _reducer(per, axis):
 
 def _channel_axes(model, weights):
     """The axis of each weight indexed by its layer's output channels (else its carried channels, else the last)."""
-    layers = {path: layer.layer if is_wrapper(layer) else layer for path, layer in named_layers(model)}
     axes = []
-    for key, weight in weights.items():
-        path, name = key.rsplit("/", 1)
-        layer, rank = layers[path], len(weight.shape)
+    for path, layer, name in prunable_entries(model):
+        rank = len(weights[f"{path}/{name}"].shape)
         spec = spec_of(layer)
         try:
             rule = spec.channel_rule(layer, rank) if spec is not None else None
